@@ -1,0 +1,26 @@
+# Quick start (README): `make smoke` runs the smoke experiment, `make test` runs the test suite.
+# Both install what they need first; `make test` also starts the local single-node SLURM cluster.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install smoke test cluster cluster-stop bench
+
+install:
+	# torch 2.13.0 first: it is the CPU build on these machines; a bare `torch` pulls a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+
+smoke: install
+	$(PYTHON) slurm/submit.py --exp smoke
+
+cluster:
+	bash slurm/local-cluster.sh start
+
+cluster-stop:
+	bash slurm/local-cluster.sh stop
+
+test: install cluster
+	$(PYTHON) -m pytest
+
+bench: install
+	$(PYTHON) bench/run_all.py

@@ -1,0 +1,100 @@
+"""DeepSpeed checkpoints that are safe to kill at any moment.
+
+Layout under `<run_dir>/checkpoints/`:
+  step00000120/               DeepSpeed's files: the model, one ZeRO optimizer-state file per rank,
+                              plus rng_rank<r>.pt (every rank's RNG) and meta.json (written last)
+  latest                      the tag of the newest *complete* checkpoint
+
+Every rank writes its part; only after a barrier does rank 0 write meta.json and then replace `latest`
+atomically, so a crash in the middle of a save leaves the previous checkpoint as latest. The newest
+`keep_last` complete checkpoints are kept.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from pipeline.fsutil import atomic_write_text
+
+log = logging.getLogger(__name__)
+TAG_RE = re.compile(r"^step(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message says why."""
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def latest_tag(ckpt_dir: Path) -> Optional[str]:
+    """The tag `latest` names, if it points at a complete checkpoint."""
+    latest = Path(ckpt_dir) / "latest"
+    if not latest.exists():
+        return None
+    tag = latest.read_text().strip()
+    if not (Path(ckpt_dir) / tag / "meta.json").exists():
+        raise CheckpointError(f"{latest} names {tag!r}, which is not a complete checkpoint")
+    return tag
+
+
+def read_meta(ckpt_dir: Path, tag: str) -> Dict[str, Any]:
+    return json.loads((Path(ckpt_dir) / tag / "meta.json").read_text())
+
+
+def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: Dict[str, Any],
+         keep_last: int, rank: int) -> str:
+    """Every rank calls this at the same step. Returns the tag."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag_for(step)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    torch.save({"torch": torch.get_rng_state()}, ckpt_dir / tag / f"rng_rank{rank}.pt")
+    dist.barrier()  # every rank's files are on disk before the checkpoint is declared complete
+    if rank == 0:
+        atomic_write_text(ckpt_dir / tag / "meta.json", json.dumps(dict(meta, step=step, tag=tag), indent=2))
+        atomic_write_text(ckpt_dir / "latest", tag)
+        _prune(ckpt_dir, keep_last, tag)
+    dist.barrier()
+    return tag
+
+
+def _prune(ckpt_dir: Path, keep_last: int, newest: str) -> None:
+    tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name))
+    complete = [t for t in tags if (ckpt_dir / t / "meta.json").exists()]
+    for t in complete[:-keep_last]:
+        if t != newest:
+            shutil.rmtree(ckpt_dir / t, ignore_errors=True)
+    # Incomplete checkpoints older than the newest complete one are leftovers of a crash mid-save.
+    for t in tags:
+        if t not in complete and t < newest:
+            shutil.rmtree(ckpt_dir / t, ignore_errors=True)
+
+
+def load(engine, ckpt_dir: Path, tag: str, rank: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Load model, optimizer, scheduler and this rank's RNG state. Returns (client_state, meta)."""
+    meta = read_meta(ckpt_dir, tag)
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
+    rng_file = Path(ckpt_dir) / tag / f"rng_rank{rank}.pt"
+    if rng_file.exists():
+        torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
+    return client_state or {}, meta
+
+
+def check_compatible(meta: Dict[str, Any], model_config: Dict[str, Any], ckpt: Path) -> None:
+    """Refuse a checkpoint made for another model before DeepSpeed fails on shapes."""
+    saved = meta.get("model")
+    if saved is not None and saved != model_config:
+        diff = sorted(k for k in set(saved) | set(model_config) if saved.get(k) != model_config.get(k))
+        raise CheckpointError(f"checkpoint {ckpt} was made for another model (differs in {', '.join(diff)}): "
+                              f"saved {saved}, configured {model_config}")

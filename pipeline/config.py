@@ -1,0 +1,265 @@
+"""The one typed config schema of an experiment.
+
+An experiment is a YAML file in `configs/experiments/` that fills in these dataclasses; any key can be
+overridden on the command line as `dotted.key=value`. Loading is strict: an unknown key, a wrong type or
+an impossible combination is refused at once with an error naming the key (and the nearest valid key),
+before anything is built or submitted. This module imports no torch, so refusing a bad config is fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = REPO_ROOT / "configs" / "experiments"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the offending key or path."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "row_lstm"          # a key of pipeline.models.MODELS
+    image_size: int = 32
+    layers: int = 12
+    hidden: int = 128               # h in the paper; recurrent layers carry 2h maps between them
+    extra: Dict[str, Any] = field(default_factory=dict)  # further build_model kwargs (residual, skip, small_size, ...)
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/shards"       # preprocessing output: <root>/<size>/<split>-000000.tar + <split>.json
+    train_split: str = "train"
+    val_split: str = "val"
+    variant: str = "chrabaszcz-box"  # which downsampling made the data; bits/dim only compare within one variant
+    num_workers: int = 2            # loader processes per rank
+    shuffle_buffer: int = 1000
+    on_corrupt: str = "error"       # error | skip: what a corrupt sample or shard does at training time
+    # Smoke / local runs: build a small generated dataset with the real preprocessing code when root is empty.
+    prepare: str = "none"           # none | synthetic
+    synthetic_images: int = 256
+    synthetic_val_images: int = 64
+    synthetic_classes: int = 4
+    shard_size: int = 16
+
+
+@dataclass
+class OptimConfig:
+    name: str = "rmsprop"           # rmsprop (the paper, Sec. 5.1) | adam
+    lr: float = 1e-3
+    alpha: float = 0.95             # RMSprop decay; the paper does not give its settings
+    eps: float = 1e-8
+    momentum: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    decay: str = "cosine"           # cosine | linear | constant, after warm-up, down to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    global_batch_size: int = 64     # stays fixed whatever the world size: micro * accumulation * ranks
+    micro_batch_size: int = 16      # per rank per forward
+    max_steps: int = 1000           # optimizer steps
+    precision: str = "bf16"         # bf16 | fp16 (GPU only) | fp32
+    zero_stage: int = 2
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 500
+    eval_max_batches: int = 0       # 0: the whole validation split
+    sample_every_eval: int = 16     # images in the sample grid logged at each evaluation (0: none)
+    max_nonfinite_steps: int = 10   # consecutive non-finite losses before the run stops
+    dist_timeout_s: int = 600       # collective timeout: a lost rank fails the job after this long
+    device: str = "auto"            # auto | cpu | cuda
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500                # steps between checkpoints (and one at the end)
+    keep_last: int = 3
+    resume: bool = True             # resume from <output_dir>/checkpoints/latest when present
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "default"     # one MLflow experiment per benchmark (imagenet32, imagenet64, cifar10)
+    tracking_uri: str = ""          # empty: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    run_name: str = ""              # empty: derived from model, size and precision
+
+
+@dataclass
+class SlurmConfig:
+    nodes: int = 1
+    gpus_per_node: int = 1          # one task per GPU; 0 on CPU-only nodes (then tasks_per_node applies)
+    tasks_per_node: int = 0         # 0: = gpus_per_node
+    cpus_per_task: int = 8
+    mem_gb: int = 0                 # 0: the partition's default
+    timeout_min: int = 60 * 24
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    signal_delay_s: int = 120       # USR2 this long before the time limit: enough to write a checkpoint
+    max_num_timeout: int = 3        # requeues after a time-out (submitit's cap)
+    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    description: str = ""
+    output_dir: str = "runs/{name}"  # checkpoints, logs, effective config; {name} is filled in
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+    def ranks(self) -> int:
+        """Ranks the job runs with: nodes × tasks per node."""
+        return self.slurm.nodes * (self.slurm.tasks_per_node or self.slurm.gpus_per_node or 1)
+
+
+CHOICES = {
+    "optim.name": ("rmsprop", "adam"),
+    "optim.decay": ("cosine", "linear", "constant"),
+    "train.precision": ("bf16", "fp16", "fp32"),
+    "train.zero_stage": (0, 1, 2, 3),
+    "train.device": ("auto", "cpu", "cuda"),
+    "data.on_corrupt": ("error", "skip"),
+    "data.prepare": ("none", "synthetic"),
+}
+
+
+def _all_keys(obj: Any = None, prefix: str = "") -> List[str]:
+    obj = obj if obj is not None else ExperimentConfig()
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _all_keys(value, f"{prefix}{f.name}.")
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+    """Turn OmegaConf's message into one naming the full key and the nearest valid key."""
+    full_key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        near = difflib.get_close_matches(full_key, _all_keys(), n=1, cutoff=0.75)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        return ConfigError(f"{source}: unknown config key '{full_key}'{hint}")
+    return ConfigError(f"{source}: bad value for '{full_key}': {msg}")
+
+
+def experiment_path(name_or_path: str) -> Path:
+    """`smoke` -> configs/experiments/smoke.yaml; a path is taken as it is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise ConfigError(f"experiment file not found: {p}")
+        return p
+    p = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        known = sorted(q.stem for q in EXPERIMENTS_DIR.glob("*.yaml"))
+        near = difflib.get_close_matches(name_or_path, known, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ConfigError(f"unknown experiment '{name_or_path}'{hint} (known: {', '.join(known)})")
+    return p
+
+
+def load_config(exp: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
+    """Load an experiment YAML (name or path), apply `dotted.key=value` overrides, validate, return it."""
+    path = experiment_path(exp)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an experiment file must be a mapping of keys")
+    raw.setdefault("name", path.stem)
+    schema = OmegaConf.structured(ExperimentConfig)
+    try:
+        merged = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as e:
+        raise _explain(e, str(path)) from None
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' is not of the form dotted.key=value")
+        key, value = ov.split("=", 1)
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, "override") from None
+    cfg: ExperimentConfig = OmegaConf.to_object(merged)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
+    """Refuse impossible combinations, naming the keys involved."""
+    flat = flatten(cfg)
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"'{key}' is {flat[key]!r}; expected one of {list(allowed)}")
+    t = cfg.train
+    for key in ("model.image_size", "model.layers", "model.hidden", "train.micro_batch_size",
+                "train.global_batch_size", "train.max_steps", "checkpoint.every", "checkpoint.keep_last",
+                "slurm.nodes", "data.shard_size", "train.log_every", "train.eval_every"):
+        if flat[key] < 1:
+            raise ConfigError(f"'{key}' must be at least 1, got {flat[key]}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"'optim.lr' must be positive, got {cfg.optim.lr}")
+    ws = world_size or cfg.ranks()
+    if t.global_batch_size % (t.micro_batch_size * ws):
+        raise ConfigError(
+            f"'train.global_batch_size' ({t.global_batch_size}) is not divisible by "
+            f"'train.micro_batch_size' × ranks ({t.micro_batch_size} × {ws})")
+    if t.precision == "fp16" and t.device == "cpu":
+        raise ConfigError("'train.precision' fp16 needs a GPU ('train.device' is cpu): use bf16 or fp32")
+    if cfg.data.prepare == "none" and not Path(cfg.data.root).exists():
+        raise ConfigError(f"'data.root' does not exist: {cfg.data.root}")
+
+
+def flatten(cfg: Any, prefix: str = "") -> Dict[str, Any]:
+    """Dataclass -> {'model.hidden': 128, ...}, for MLflow params and error messages."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(flatten(v, f"{prefix}{f.name}."))
+        elif isinstance(v, dict):
+            out[f"{prefix}{f.name}"] = v
+            for k, sub in v.items():
+                out[f"{prefix}{f.name}.{k}"] = sub
+        else:
+            out[f"{prefix}{f.name}"] = v
+    return out
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The effective config as YAML, saved with every run."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def from_yaml_text(text: str) -> ExperimentConfig:
+    """Rebuild a config saved by `to_yaml` (e.g. beside a checkpoint)."""
+    merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), yaml.safe_load(text))
+    return OmegaConf.to_object(merged)

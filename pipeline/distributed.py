@@ -1,0 +1,67 @@
+"""Rank, world size and process-group set-up for DeepSpeed, from SLURM's or torchrun's environment."""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> DistEnv:
+    """torchrun / submitit's exported variables first (RANK, ...), then SLURM's own, else a single process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]),
+                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        job = int(env.get("SLURM_JOB_ID", "0"))
+        return DistEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]),
+                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 20000 + job % 20000)))
+    return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 29500)))
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> cuda when a GPU is visible, else cpu. Sets DS_ACCELERATOR before deepspeed is imported."""
+    import torch
+    device = requested
+    if requested == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return device
+
+
+def _skip_shm_comm_build() -> None:
+    # On CPU, DeepSpeed's first init_distributed JIT-compiles the shm all-reduce op (~50 s, and a failed
+    # compile kills the run). Training never uses it (it only speeds up inference all-reduce), so skip it.
+    import deepspeed.comm.torch  # noqa: F401  (make sure the module is loaded)
+    module = sys.modules["deepspeed.comm.torch"]
+    if hasattr(module, "build_shm_op"):
+        module.build_shm_op = lambda: None
+
+
+def init_distributed(env: DistEnv, device: str, timeout_s: int) -> None:
+    """Start the process group (gloo on CPU, NCCL on GPU) with the configured collective timeout."""
+    os.environ.update(RANK=str(env.rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.world_size),
+                      MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
+    import deepspeed
+    import torch
+    if device == "cpu":
+        _skip_shm_comm_build()
+    else:
+        torch.cuda.set_device(env.local_rank)
+    deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl",
+                               timeout=datetime.timedelta(seconds=timeout_s))

@@ -1,0 +1,34 @@
+"""The DeepSpeed JSON, derived from the experiment config (the one source of truth)."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from pipeline.config import ExperimentConfig
+
+
+def gradient_accumulation(cfg: ExperimentConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step so that micro × accumulation × ranks = the global batch."""
+    t = cfg.train
+    return t.global_batch_size // (t.micro_batch_size * world_size)
+
+
+def deepspeed_config(cfg: ExperimentConfig, world_size: int, load_universal: bool = False) -> Dict[str, Any]:
+    """DeepSpeed settings for this experiment at this world size."""
+    t = cfg.train
+    ds: Dict[str, Any] = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation(cfg, world_size),
+        "gradient_clipping": cfg.optim.grad_clip,
+        "bf16": {"enabled": t.precision == "bf16"},
+        # DeepSpeed's dynamic loss scaling for fp16, with its usual defaults written out.
+        "fp16": {"enabled": t.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "zero_optimization": {"stage": t.zero_stage},
+        # The optimizer is a torch one (RMSprop as in the paper, or Adam) handed to deepspeed.initialize.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10 ** 9,   # our own progress line replaces DeepSpeed's
+        "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": load_universal},
+    }
+    return ds

@@ -1,0 +1,72 @@
+"""Builds the DeepSpeed engine: model wrapped as its bits/dim objective, optimizer, LR schedule."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Tuple
+
+import torch
+
+from pipeline.config import ExperimentConfig, OptimConfig
+
+
+class BitsPerDim(torch.nn.Module):
+    """The training objective: forward(x uint8) -> per-sample bits/dim (Sec. 5.1: discrete NLL).
+
+    DeepSpeed calls `forward`, so its hooks (ZeRO-3 parameter gathering, precision casts) see the whole
+    model; the model itself stays a plain `pipeline.models` module under `.model`.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.bits_per_dim(x)
+
+
+def model_config(cfg: ExperimentConfig) -> Dict[str, Any]:
+    """build_model keyword arguments, name included, as saved with every checkpoint."""
+    m = cfg.model
+    return dict(name=m.name, image_size=m.image_size, layers=m.layers, hidden=m.hidden, **m.extra)
+
+
+def build(cfg: ExperimentConfig) -> torch.nn.Module:
+    """The model the config describes (same initialisation on every rank: seed first)."""
+    from pipeline.models import build_model
+    kwargs = model_config(cfg)
+    return build_model(kwargs.pop("name"), **kwargs)
+
+
+def make_optimizer(o: OptimConfig, params) -> torch.optim.Optimizer:
+    """RMSprop as in the paper (its settings are not given there), or Adam."""
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum,
+                                   weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def lr_lambda(o: OptimConfig, max_steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine or linear decay to min_lr_ratio (or constant)."""
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.decay == "cosine" else 1 - progress
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
+    return f
+
+
+def initialize(cfg: ExperimentConfig, ds_config: Dict[str, Any]) -> Tuple[Any, torch.nn.Module]:
+    """(DeepSpeed engine, bare model). The engine's forward returns per-sample bits/dim."""
+    import deepspeed
+    torch.manual_seed(cfg.train.seed)
+    model = build(cfg)
+    objective = BitsPerDim(model)
+    optimizer = make_optimizer(cfg.optim, objective.parameters())
+    schedule = lr_lambda(cfg.optim, cfg.train.max_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=objective, optimizer=optimizer, config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+    return engine, model

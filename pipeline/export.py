@@ -1,0 +1,77 @@
+"""Consolidated fp32 weights from a (ZeRO-partitioned) DeepSpeed checkpoint, loadable without DeepSpeed.
+
+`python -m pipeline.export RUN/checkpoints OUT.pt` writes {"config": model config, "state_dict": ...};
+`load_checkpoint_model` reads either form back. Nothing is ever unpickled beyond tensors and plain
+containers (`torch.load(..., weights_only=True)`).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from pipeline.checkpoint import CheckpointError, latest_tag, read_meta
+from pipeline.fsutil import atomic_write_bytes
+
+PREFIX = "model."  # the training objective wraps the model as `.model`
+
+
+def _resolve(path: Path) -> Tuple[Path, str]:
+    """A checkpoints folder (use `latest`) or one tag folder inside it -> (folder, tag)."""
+    if (path / "meta.json").exists():
+        return path.parent, path.name
+    tag = latest_tag(path)
+    if tag is None:
+        raise CheckpointError(f"{path} holds no complete checkpoint (no `latest`)")
+    return path, tag
+
+
+def consolidated_state(ckpt: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """(model config, fp32 state dict) from a DeepSpeed checkpoint, whatever its ZeRO stage."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    folder, tag = _resolve(Path(ckpt))
+    meta = read_meta(folder, tag)
+    if meta.get("zero_stage", 0) == 0:
+        states = torch.load(folder / tag / "mp_rank_00_model_states.pt", weights_only=False, map_location="cpu")
+        sd = {k: v.float() for k, v in states["module"].items()}
+    else:
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
+    sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v.float().contiguous() for k, v in sd.items()}
+    return meta["model"], sd
+
+
+def load_checkpoint_model(path: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """A model from an exported .pt file or a DeepSpeed checkpoint folder."""
+    from pipeline.models import build_model
+    path = Path(path)
+    if path.is_file():
+        blob = torch.load(path, weights_only=True, map_location=device)
+        config, sd = blob["config"], blob["state_dict"]
+    else:
+        config, sd = consolidated_state(path)
+    config = dict(config)
+    model = build_model(config.pop("name"), **config)
+    model.load_state_dict(sd)
+    return model.to(device)
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a run's checkpoints folder (uses `latest`) or one tag folder")
+    p.add_argument("out", help="output .pt file")
+    args = p.parse_args(argv)
+    config, sd = consolidated_state(Path(args.checkpoint))
+    buf = io.BytesIO()
+    torch.save({"config": config, "state_dict": sd}, buf)
+    atomic_write_bytes(args.out, buf.getvalue())
+    n = sum(v.numel() for v in sd.values())
+    print(f"wrote {args.out}: {config['name']} with {n:,} parameters (fp32)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

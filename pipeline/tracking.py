@@ -1,0 +1,95 @@
+"""MLflow tracking, on rank 0 only (other ranks get a tracker that does nothing).
+
+One MLflow experiment per benchmark; one MLflow run per training run, continued across resumes and
+SLURM requeues through the run id stored beside the checkpoints (`<run_dir>/mlflow_run_id`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from pipeline.config import ExperimentConfig, flatten, to_yaml
+from pipeline.fsutil import atomic_write_text
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(cfg: ExperimentConfig) -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then the local SQLite store."""
+    return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def run_name(cfg: ExperimentConfig) -> str:
+    """e.g. `diagonal_bilstm-12x128-32px-bf16-zero2`: model, size and key settings at a glance."""
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    m, t = cfg.model, cfg.train
+    return f"{m.name}-{m.layers}x{m.hidden}-{m.image_size}px-{t.precision}-zero{t.zero_stage}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """Thin wrapper over MLflow's fluent API; every method is a no-op off rank 0."""
+
+    def __init__(self, cfg: ExperimentConfig, enabled: bool, run_dir: Path):
+        self.enabled = enabled
+        self.run_id: Optional[str] = None
+        self.run_dir = Path(run_dir)
+        if not enabled:
+            return
+        import mlflow
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        mlflow.set_experiment(cfg.tracking.experiment)
+        id_file = self.run_dir / "mlflow_run_id"
+        if id_file.exists():  # a resumed run continues its MLflow run
+            run = mlflow.start_run(run_id=id_file.read_text().strip())
+        else:
+            run = mlflow.start_run(run_name=run_name(cfg))
+            atomic_write_text(id_file, run.info.run_id)
+        self.run_id = run.info.run_id
+
+    def start(self, cfg: ExperimentConfig, tags: Dict[str, str], ds_config: Dict[str, Any], resumed: bool) -> None:
+        """Params (the whole effective config, flattened), tags, and the config files as artifacts."""
+        if not self.enabled:
+            return
+        self.mlflow.set_tags(tags)
+        if not resumed:
+            params = {k: v for k, v in flatten(cfg).items() if not isinstance(v, dict)}
+            # Headline hyperparameters also as short top-level names for the compare view.
+            params.update(model=cfg.model.name, layers=cfg.model.layers, hidden=cfg.model.hidden,
+                          image_size=cfg.model.image_size, precision=cfg.train.precision,
+                          zero_stage=cfg.train.zero_stage, global_batch_size=cfg.train.global_batch_size)
+            self.mlflow.log_params(params)
+            self.mlflow.log_text(to_yaml(cfg), "config/experiment.yaml")
+            self.mlflow.log_text(json.dumps(ds_config, indent=2), "config/deepspeed.json")
+
+    def metrics(self, values: Dict[str, float], step: int) -> None:
+        if self.enabled:
+            self.mlflow.log_metrics(values, step=step)
+
+    def artifact(self, path: Path, folder: Optional[str] = None) -> None:
+        if self.enabled:
+            self.mlflow.log_artifact(str(path), folder)
+
+    def finish(self, final: Dict[str, Any], status: str = "FINISHED") -> None:
+        if not self.enabled:
+            return
+        self.mlflow.log_dict(final, "final_metrics.json")
+        self.mlflow.end_run(status=status)
+
+    def suspend(self) -> None:
+        """End the run as KILLED-for-now; a requeued job reopens it by id."""
+        if self.enabled:
+            self.mlflow.end_run(status="KILLED")

@@ -1,0 +1,249 @@
+"""Training: what every rank of every job runs, top to bottom.
+
+    python -m pipeline.train --exp smoke [dotted.key=value ...]      # under torchrun, or one process
+
+`slurm/submit.py` parses the same arguments (`get_args_parser`) and calls `train(cfg)` inside each
+SLURM task. A run resumes by itself from `<run_dir>/checkpoints/latest` (dino style: resume is one call).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import ExperimentConfig, load_config, to_yaml, validate
+from pipeline.data import TrainStream, load_shard_set, train_loader
+from pipeline.distributed import dist_env, init_distributed, resolve_device
+from pipeline.ds_config import deepspeed_config, gradient_accumulation
+from pipeline.evaluate import evaluate_bits_per_dim
+from pipeline.fsutil import atomic_write_text
+from pipeline.sample import save_grid
+from pipeline.tracking import Tracker, git_commit
+
+log = logging.getLogger("pipeline.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses; a final checkpoint was written."""
+
+
+class StopRequested(Exception):
+    """A signal (SLURM time-out or preemption) asked the run to stop; a checkpoint was written."""
+
+
+class StopFlag:
+    """Set by SIGUSR2/SIGTERM; the loop sees it at the next step boundary, on every rank at once."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.previous: Dict[int, Any] = {}
+
+    def install(self) -> "StopFlag":
+        for s in (signal.SIGUSR2, signal.SIGTERM):
+            self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("received signal %d: will checkpoint at the next step boundary", signum)
+        self.signum = signum
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("pipeline.train", add_help=True)
+    p.add_argument("--exp", required=True, help="experiment name in configs/experiments/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the experiment config")
+    return p
+
+
+def _memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    import psutil
+    return psutil.Process().memory_info().rss / 2 ** 20
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run recomputes the steps after its checkpoint: drop their earlier records."""
+    if path.exists():
+        keep = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+        atomic_write_text(path, "".join(l + "\n" for l in keep))
+
+
+def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, Any]:
+    """Run (or resume) the experiment on this rank. Returns the final summary (same on every rank)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    env = dist_env()
+    device = resolve_device(cfg.train.device)
+    validate(cfg, world_size=env.world_size)
+    init_distributed(env, device, cfg.train.dist_timeout_s)
+    stop = stop or StopFlag().install()
+    run_dir = cfg.run_dir
+    ckpt_dir = run_dir / "checkpoints"
+    from pipeline.engine import initialize, model_config
+
+    # Data first: a bad shard folder fails before anything heavy starts.
+    size = cfg.model.image_size
+    train_set = load_shard_set(cfg.data.root, size, cfg.data.train_split)
+    val_set = load_shard_set(cfg.data.root, size, cfg.data.val_split)
+    stream = TrainStream(train_set, cfg.train.micro_batch_size, cfg.train.seed, env.rank, env.world_size,
+                         cfg.data.num_workers, cfg.data.shuffle_buffer, cfg.data.on_corrupt)
+
+    tag = ckpt.latest_tag(ckpt_dir) if cfg.checkpoint.resume else None
+    ds_cfg = deepspeed_config(cfg, env.world_size)
+    engine, model = initialize(cfg, ds_cfg)
+    mcfg = model_config(cfg)
+    step, consumed, nonfinite_total = 0, 0, 0
+    if tag is not None:
+        meta = ckpt.read_meta(ckpt_dir, tag)
+        ckpt.check_compatible(meta, mcfg, ckpt_dir / tag)
+        client, _ = ckpt.load(engine, ckpt_dir, tag, env.rank)
+        step, consumed = int(client["step"]), int(client["consumed_batches"])
+        nonfinite_total = int(client.get("nonfinite_total", 0))
+        log.info("resumed from %s at step %d (data position %d)", ckpt_dir / tag, step, consumed)
+
+    metrics_file = run_dir / "metrics.jsonl"
+    tracker = Tracker(cfg, env.is_main, run_dir)
+    if env.is_main:
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        atomic_write_text(run_dir / "deepspeed.json", json.dumps(ds_cfg, indent=2))
+        _truncate_metrics(metrics_file, step)
+        tracker.start(cfg, {
+            "model": cfg.model.name, "dataset": Path(cfg.data.root).name, "dataset_variant": cfg.data.variant,
+            "manifest_sha256": train_set.manifest_sha256, "image_size": str(size),
+            "resize": str(train_set.manifest.get("params", {}).get("resize", "unknown")),
+            "world_size": str(env.world_size), "git_commit": git_commit(), "device": device,
+        }, ds_cfg, resumed=tag is not None)
+
+    accum = gradient_accumulation(cfg, env.world_size)
+    meta = {"model": mcfg, "world_size": env.world_size, "zero_stage": cfg.train.zero_stage,
+            "optimizer": cfg.optim.name, "precision": cfg.train.precision}
+
+    def save() -> str:
+        client = {"step": step, "consumed_batches": consumed, "nonfinite_total": nonfinite_total}
+        return ckpt.save(engine, ckpt_dir, step, client, meta, cfg.checkpoint.keep_last, env.rank)
+
+    def run_eval() -> float:
+        engine.eval()
+        r = evaluate_bits_per_dim(lambda x: engine(x), val_set, env.rank, env.world_size,
+                                  cfg.train.micro_batch_size, device, cfg.train.eval_max_batches)
+        if cfg.train.sample_every_eval:
+            _sample_grid(engine, model, cfg, env.is_main, run_dir / "samples" / f"step{step:08d}.png", tracker)
+        engine.train()
+        tracker.metrics({"val_bits_per_dim": r["bits_per_dim"]}, step)
+        log.info("step %d: val %.4f bits/dim over %d images", step, r["bits_per_dim"], r["samples"])
+        return r["bits_per_dim"]
+
+    batches = train_loader(stream, start=consumed)
+    engine.train()
+    val_bpd = math.nan
+    consecutive_bad = 0
+    t_start, step0 = time.time(), step
+    t_last, imgs_last = time.time(), 0
+    while step < cfg.train.max_steps:
+        t0 = time.time()
+        done = 0
+        loss_sum = 0.0
+        while done < accum:
+            x = next(batches).to(device)
+            consumed += 1
+            bpd = engine(x).mean()
+            # One small all-reduce: [non-finite anywhere?, loss sum, stop asked anywhere?]. Every rank
+            # then takes the same decision, so collectives never diverge.
+            flags = torch.tensor([float(not torch.isfinite(bpd).item()),
+                                  bpd.item() if torch.isfinite(bpd).item() else 0.0,
+                                  float(stop.signum is not None)], dtype=torch.float64)
+            dist.all_reduce(flags)
+            if flags[0] > 0:
+                nonfinite_total += 1
+                consecutive_bad += 1
+                log.warning("non-finite loss at step %d: micro-batch skipped (%d in a row)", step, consecutive_bad)
+                if consecutive_bad >= cfg.train.max_nonfinite_steps:
+                    save()
+                    tracker.finish({"error": "non-finite loss", "step": step}, status="FAILED")
+                    raise NonFiniteLossError(
+                        f"{consecutive_bad} consecutive non-finite losses at step {step} "
+                        f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); checkpoint saved")
+                continue
+            consecutive_bad = 0
+            engine.backward(bpd)
+            engine.step()
+            loss_sum += flags[1].item() / env.world_size
+            done += 1
+        step += 1
+        train_bpd = loss_sum / accum
+        imgs_last += cfg.train.global_batch_size
+        if env.is_main:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps({"step": step, "train_bits_per_dim": train_bpd, "hex": train_bpd.hex()}) + "\n")
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            dt = time.time() - t_last
+            rate = imgs_last / dt
+            eta = (cfg.train.max_steps - step) * (time.time() - t_start) / max(1, step - step0)
+            lr = engine.get_lr()[0]
+            values = {"train_bits_per_dim": train_bpd, "lr": lr, "images_per_s": rate,
+                      "step_time_s": time.time() - t0, "memory_mb": _memory_mb(device),
+                      "nonfinite_steps": nonfinite_total}
+            scale = getattr(engine.optimizer, "cur_scale", None)
+            if scale is not None:
+                values["loss_scale"] = float(scale)
+            tracker.metrics(values, step)
+            log.info("step %d/%d  train %.4f bits/dim  lr %.2e  %.1f images/s  ETA %.0f s",
+                     step, cfg.train.max_steps, train_bpd, lr, rate, eta)
+            t_last, imgs_last = time.time(), 0
+        if step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
+            val_bpd = run_eval()
+        if step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
+            save()
+        if flags[2] > 0:
+            save()
+            tracker.suspend()
+            raise StopRequested(f"stopped by signal at step {step}; checkpoint {ckpt_dir / ckpt.latest_tag(ckpt_dir)}")
+
+    val_bpd = run_eval()
+    tag = save()
+    summary = {"val_bits_per_dim": val_bpd, "steps": step, "checkpoint": str(ckpt_dir / tag),
+               "run_dir": str(run_dir), "mlflow_run_id": tracker.run_id, "world_size": env.world_size,
+               "nonfinite_steps": nonfinite_total}
+    if env.is_main:
+        atomic_write_text(run_dir / "final_metrics.json", json.dumps(summary, indent=2))
+    tracker.finish(summary)
+    return summary
+
+
+def _sample_grid(engine, model, cfg: ExperimentConfig, is_main: bool, path: Path, tracker: Tracker) -> None:
+    """A grid of samples from the current weights (under ZeRO-3 every rank gathers the parameters)."""
+    import deepspeed
+    n = cfg.train.sample_every_eval
+    ctx = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+           if cfg.train.zero_stage == 3 else contextlib.nullcontext())
+    with ctx, torch.no_grad():
+        if is_main:
+            g = torch.Generator().manual_seed(cfg.train.seed)
+            images = model.sample(n, generator=g)
+            save_grid(images, path)
+            tracker.artifact(path, "samples")
+    dist.barrier()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    cfg = load_config(args.exp, args.overrides)
+    summary = train(cfg)
+    if dist_env().is_main:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
