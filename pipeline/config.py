@@ -7,6 +7,7 @@ before anything is built or submitted. This module imports no torch, so refusing
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class TrainConfig:
     max_steps: int = 1000           # optimizer steps
     precision: str = "bf16"         # bf16 | fp16 (GPU only) | fp32
     zero_stage: int = 2
+    zero3_persistence_threshold: int = 100000  # ZeRO-3 keeps params smaller than this whole on every rank
     seed: int = 0
     log_every: int = 10
     eval_every: int = 500
@@ -236,6 +238,14 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
         raise ConfigError("'train.precision' fp16 needs a GPU ('train.device' is cpu): use bf16 or fp32")
     if cfg.data.prepare == "none" and not Path(cfg.data.root).exists():
         raise ConfigError(f"'data.root' does not exist: {cfg.data.root}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The training script's arguments: an experiment and its overrides (slurm/submit.py extends it)."""
+    p = argparse.ArgumentParser("pipeline.train", add_help=True)
+    p.add_argument("--exp", required=True, help="experiment name in configs/experiments/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the experiment config")
+    return p
 
 
 def flatten(cfg: Any, prefix: str = "") -> Dict[str, Any]:

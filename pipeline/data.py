@@ -158,7 +158,9 @@ class TrainStream(torch.utils.data.IterableDataset):
         rng = random.Random(f"{self.seed}/{epoch}/{slot}")
 
         def samples():
-            while True:  # cycles only when skipped samples left the share short
+            yield from wds.tarfile_to_samples(handler=handler)(iter(urls))
+            # Only skipped (corrupt) samples can leave a share short of its batches: then cycle it.
+            while self.on_corrupt == "skip":
                 yield from wds.tarfile_to_samples(handler=handler)(iter(urls))
 
         stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples())

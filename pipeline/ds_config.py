@@ -31,4 +31,6 @@ def deepspeed_config(cfg: ExperimentConfig, world_size: int, load_universal: boo
         "wall_clock_breakdown": False,
         "checkpoint": {"load_universal": load_universal},
     }
+    if t.zero_stage == 3:
+        ds["zero_optimization"]["stage3_param_persistence_threshold"] = t.zero3_persistence_threshold
     return ds

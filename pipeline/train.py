@@ -7,7 +7,6 @@ SLURM task. A run resumes by itself from `<run_dir>/checkpoints/latest` (dino st
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -22,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline import checkpoint as ckpt
-from pipeline.config import ExperimentConfig, load_config, to_yaml, validate
+from pipeline.config import ExperimentConfig, get_args_parser, load_config, to_yaml, validate
 from pipeline.data import TrainStream, load_shard_set, train_loader
 from pipeline.distributed import dist_env, init_distributed, resolve_device
 from pipeline.ds_config import deepspeed_config, gradient_accumulation
@@ -57,13 +56,6 @@ class StopFlag:
     def _handle(self, signum, frame):
         log.warning("received signal %d: will checkpoint at the next step boundary", signum)
         self.signum = signum
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("pipeline.train", add_help=True)
-    p.add_argument("--exp", required=True, help="experiment name in configs/experiments/ or a YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the experiment config")
-    return p
 
 
 def _memory_mb(device: str) -> float:

@@ -19,8 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python slurm/submit.py` from a checkout, installed or not
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.config import EXPERIMENTS_DIR, ConfigError, ExperimentConfig, load_config, to_yaml  # noqa: E402
-from pipeline.train import get_args_parser  # noqa: E402
+from pipeline.config import (EXPERIMENTS_DIR, ConfigError, ExperimentConfig, get_args_parser,  # noqa: E402
+                             load_config, to_yaml)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

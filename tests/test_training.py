@@ -1,0 +1,149 @@
+"""The DeepSpeed engine on 2 CPU ranks: it learns, resumes bit for bit after SIGKILL or a stop signal,
+tracks one MLflow run across the resume, and its checkpoints export to a DeepSpeed-free model."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from pipeline.export import consolidated_state
+
+from conftest import REPO, metrics, train_2ranks
+
+Z2 = ["train.max_steps=30", "train.eval_every=15", "checkpoint.every=10", "train.log_every=5",
+      "train.sample_every_eval=4", "train.precision=bf16", "train.zero_stage=2", "optim.name=rmsprop"]
+Z3 = ["train.max_steps=20", "train.eval_every=100", "checkpoint.every=5", "train.log_every=5",
+      "train.sample_every_eval=4", "train.precision=fp32", "train.zero_stage=3", "optim.name=adam",
+      "train.zero3_persistence_threshold=0"]
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+@pytest.fixture(scope="module")
+def zero2(smoke_data, tmp_path_factory):
+    """Run A uninterrupted; run B SIGKILLed after step 17 (last checkpoint: 10), then resumed."""
+    base = tmp_path_factory.mktemp("zero2")
+    _ok(train_2ranks(base / "a", smoke_data, Z2))
+    killed = train_2ranks(base / "b", smoke_data, Z2, kill_after_step=17)
+    assert killed.returncode != 0
+    steps_at_kill = len(metrics(base / "b"))
+    _ok(train_2ranks(base / "b", smoke_data, Z2))
+    return base, steps_at_kill
+
+
+@pytest.fixture(scope="module")
+def zero3(smoke_data, tmp_path_factory):
+    """Run C uninterrupted; run D asked to stop by SIGUSR2 (as SLURM does before a time-out), resumed."""
+    base = tmp_path_factory.mktemp("zero3")
+    _ok(train_2ranks(base / "c", smoke_data, Z3))
+    stopped = train_2ranks(base / "d", smoke_data, Z3 + ["checkpoint.every=1000"], kill_after_step=8,
+                           sig=signal.SIGUSR2)
+    assert "stopped by signal at step" in stopped.stdout
+    stop_step = int(Path(base / "d" / "checkpoints" / "latest").read_text()[4:])
+    _ok(train_2ranks(base / "d", smoke_data, Z3 + ["checkpoint.every=1000"]))
+    return base, stop_step
+
+
+def _hex_losses(run_dir):
+    return [(m["step"], m["hex"]) for m in metrics(run_dir)]
+
+
+def test_exact_resume_after_sigkill_zero2_bf16(zero2):
+    base, steps_at_kill = zero2
+    assert 17 <= steps_at_kill < 30, "the kill must land between checkpoints, before the end"
+    a, b = _hex_losses(base / "a"), _hex_losses(base / "b")
+    assert len(a) == 30 and a == b
+    fa = json.loads((base / "a" / "final_metrics.json").read_text())
+    fb = json.loads((base / "b" / "final_metrics.json").read_text())
+    assert fa["val_bits_per_dim"] == fb["val_bits_per_dim"]
+    _, wa = consolidated_state(base / "a" / "checkpoints")
+    _, wb = consolidated_state(base / "b" / "checkpoints")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_exact_resume_after_stop_signal_zero3_fp32(zero3):
+    base, stop_step = zero3
+    assert 8 <= stop_step < 20
+    assert _hex_losses(base / "c") == _hex_losses(base / "d")
+    assert len(_hex_losses(base / "c")) == 20
+
+
+def test_each_rank_wrote_its_optimizer_shard_and_old_checkpoints_are_pruned(zero2):
+    base, _ = zero2
+    ckpts = base / "a" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step00000030"
+    latest = ckpts / "step00000030"
+    for rank in (0, 1):
+        assert (latest / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").exists()
+        assert (latest / f"rng_rank{rank}.pt").exists()
+    assert json.loads((latest / "meta.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in ckpts.glob("step*")) == ["step00000020", "step00000030"]  # keep_last=2
+
+
+def _runs(db):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("smoke")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_training_lowers_validation_bits_per_dim(zero2):
+    base, _ = zero2
+    client, (run,) = _runs(base / "a.db")
+    history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_bits_per_dim"),
+                                       key=lambda m: m.step)]
+    assert len(history) == 2 and history[1] < history[0] < 8.0
+
+
+def test_mlflow_run_holds_params_metrics_artifacts_and_tags(zero2, smoke_data):
+    base, _ = zero2
+    client, (run,) = _runs(base / "a.db")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "row_lstm" and run.data.params["train.zero_stage"] == "2"
+    assert run.data.params["layers"] == "2"
+    for key in ("train_bits_per_dim", "val_bits_per_dim", "lr", "images_per_s", "step_time_s", "memory_mb"):
+        assert key in run.data.metrics, key
+    manifest = json.loads((smoke_data / "8" / "train.json").read_text())
+    tags = run.data.tags
+    assert tags["model"] == "row_lstm" and tags["world_size"] == "2" and len(tags["manifest_sha256"]) == 64
+    assert tags["dataset_variant"] == "synthetic" and tags["image_size"] == "8"
+    assert tags["resize"] == manifest["params"]["resize"] == "box"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "samples", "final_metrics.json"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "config")} == {
+        "config/experiment.yaml", "config/deepspeed.json"}
+    assert len(client.list_artifacts(run.info.run_id, "samples")) == 2  # one grid per evaluation
+
+
+def test_resumed_run_continues_the_same_mlflow_run(zero2):
+    base, _ = zero2
+    client, runs = _runs(base / "b.db")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert (base / "b" / "mlflow_run_id").read_text() == run.info.run_id
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "train_bits_per_dim")}
+    assert {5, 10, 15, 20, 25, 30} <= steps
+
+
+def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_data, tmp_path):
+    base, _ = zero3
+    out = tmp_path / "model.pt"
+    subprocess.run([sys.executable, "-m", "pipeline.export", str(base / "c" / "checkpoints"), str(out)],
+                   cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--checkpoint", str(out), "--data",
+                          str(smoke_data), "--batch-size", "8"],
+                         cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
+    evaluated = json.loads(res.stdout.strip().splitlines()[-1])["val"]
+    final = json.loads((base / "c" / "final_metrics.json").read_text())
+    assert evaluated["samples"] == 64
+    assert evaluated["bits_per_dim"] == pytest.approx(final["val_bits_per_dim"], abs=1e-5)
+    blob = torch.load(out, weights_only=True)  # plain tensors and containers only
+    assert blob["config"]["name"] == "row_lstm"
