@@ -95,12 +95,13 @@ def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, A
     ds_cfg = deepspeed_config(cfg, env.world_size)
     engine, model = initialize(cfg, ds_cfg)
     mcfg = model_config(cfg)
-    step, consumed, nonfinite_total = 0, 0, 0
+    step, consumed, nonfinite_total, prior_hours = 0, 0, 0, 0.0
     if tag is not None:
         meta = ckpt.read_meta(ckpt_dir, tag)
         ckpt.check_compatible(meta, mcfg, ckpt_dir / tag)
         client, _ = ckpt.load(engine, ckpt_dir, tag, env.rank)
         step, consumed = int(client["step"]), int(client["consumed_batches"])
+        prior_hours = float(client.get("device_hours", 0.0))
         nonfinite_total = int(client.get("nonfinite_total", 0))
         log.info("resumed from %s at step %d (data position %d)", ckpt_dir / tag, step, consumed)
 
@@ -121,8 +122,13 @@ def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, A
     meta = {"model": mcfg, "world_size": env.world_size, "zero_stage": cfg.train.zero_stage,
             "optimizer": cfg.optim.name, "precision": cfg.train.precision}
 
+    def device_hours() -> float:
+        """Accelerator-hours (CPU rank-hours here) spent so far, across resumes: the report's x-axis."""
+        return prior_hours + (time.time() - t_start) / 3600 * env.world_size
+
     def save() -> str:
-        client = {"step": step, "consumed_batches": consumed, "nonfinite_total": nonfinite_total}
+        client = {"step": step, "consumed_batches": consumed, "nonfinite_total": nonfinite_total,
+                  "device_hours": device_hours()}
         return ckpt.save(engine, ckpt_dir, step, client, meta, cfg.checkpoint.keep_last, env.rank)
 
     def run_eval() -> float:
@@ -184,6 +190,7 @@ def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, A
             eta = (cfg.train.max_steps - step) * (time.time() - t_start) / max(1, step - step0)
             lr = engine.get_lr()[0]
             values = {"train_bits_per_dim": train_bpd, "lr": lr, "images_per_s": rate,
+                      "device_hours": device_hours(),
                       "step_time_s": time.time() - t0, "memory_mb": _memory_mb(device),
                       "nonfinite_steps": nonfinite_total}
             scale = getattr(engine.optimizer, "cur_scale", None)

@@ -72,3 +72,12 @@ def train_2ranks(run_dir: Path, data: Path, overrides: List[str], kill_after_ste
 def _children(pid: int) -> List[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [int(p) for p in out]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The local SLURM cluster must answer (`slurm/local-cluster.sh start`, which `make test` runs)."""
+    out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    assert out.returncode == 0 and "UP" in out.stdout, (
+        f"no SLURM controller answers ({out.stdout.strip()} {out.stderr.strip()}): "
+        f"run `bash slurm/local-cluster.sh start` first")

@@ -1,0 +1,18 @@
+"""Turn image sources into 32x32 / 64x64 webdataset shards for PixelRNN training.
+
+Python API::
+
+    from preprocessing import build, finalize, verify, info, make_synthetic
+    manifests = build("data/train", "train", [32, 64], "shards", workers=8)
+
+CLI: ``python -m preprocessing {build,finalize,verify,info,synthetic}`` (console script
+``pixelrnn-preprocess`` -> ``preprocessing.cli:main``). Format: see ``shards.py`` / ``manifest.py``.
+"""
+
+from .builder import DEFAULT_SHARD_SIZE, build, finalize
+from .errors import PreprocessError
+from .manifest import FORMAT, info, verify
+from .synthetic import make_synthetic
+
+__all__ = ["build", "finalize", "verify", "info", "make_synthetic", "PreprocessError",
+           "FORMAT", "DEFAULT_SHARD_SIZE"]

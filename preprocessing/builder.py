@@ -1,0 +1,236 @@
+"""The build: list the source, shuffle it, render blocks of it in parallel, lay out the shards.
+
+Determinism: the global order is ``default_rng(seed).permutation`` of the items sorted by
+(class, source path). Input block b is shuffled positions b*S..(b+1)*S-1 (S = shard_size); array
+task I of K renders the blocks with b % K == I, so what lands in a block (and a shard) depends
+only on the order and S, never on K or the number of workers. Shards are laid out from the
+block summaries by :func:`finalize` (see shards.py for why there is a parts stage).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import PreprocessError
+from .fsutil import read_json, sha256_file
+from .imaging import MAX_SIZE, MIN_SIZE, RESIZE_METHODS, SkipImage, render
+from .manifest import (cleanup, make_manifest, manifest_path, prepare_output, read_state,
+                       write_manifest)
+from .shards import (PartWriter, blocks_of, layout, load_summaries, part_path, shard_name,
+                     size_dir, write_shard)
+from .source_types import make_keys
+from .sources import open_source
+from .tario import sample_record
+
+DEFAULT_SHARD_SIZE = 5000
+
+
+def _check_args(split, sizes, shard_size, resize, workers, num_tasks, task_id) -> List[int]:
+    if not split or any(c in split for c in "/\\.") or split.startswith("-"):
+        raise PreprocessError(f"invalid split name {split!r} (no '/', '\\' or '.')")
+    sizes = [sizes] if isinstance(sizes, int) else list(sizes or [])
+    if not sizes:
+        raise PreprocessError("no --sizes given")
+    for s in sizes:
+        if not isinstance(s, (int, np.integer)) or not MIN_SIZE <= s <= MAX_SIZE:
+            raise PreprocessError(f"unsupported size {s!r}: sizes must be integers in {MIN_SIZE}..{MAX_SIZE}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise PreprocessError(f"--shard-size must be >= 1, got {shard_size!r}")
+    if resize not in RESIZE_METHODS:
+        raise PreprocessError(f"unknown --resize {resize!r}: choose one of {', '.join(RESIZE_METHODS)}")
+    if not isinstance(workers, int) or workers < 1:
+        raise PreprocessError(f"--workers must be >= 1, got {workers!r}")
+    if num_tasks < 1 or not 0 <= task_id < num_tasks:
+        raise PreprocessError(f"need --num-tasks >= 1 and 0 <= --task-id < num-tasks, got {num_tasks}, {task_id}")
+    return sorted(set(int(s) for s in sizes))
+
+
+def build(source, split: str, sizes: Iterable[int], out, *, workers: int = 1,
+          shard_size: int = DEFAULT_SHARD_SIZE, resize: str = "box", seed: int = 0,
+          val_labels=None, class_map=None, exif_transpose: bool = False, num_tasks: int = 1,
+          task_id: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+    """Build shards. With one task, finalize too and return {size: manifest}; with K tasks,
+    render this task's blocks and return a status dict (run :func:`finalize` after all tasks)."""
+    sizes = _check_args(split, sizes, shard_size, resize, workers, num_tasks, task_id)
+    out = Path(out)
+    src = open_source(source, split, val_labels, class_map)
+    n = len(src.items)
+    keys = make_keys(src.items)
+    order = np.random.default_rng(seed).permutation(n)
+    num_blocks = math.ceil(n / shard_size)
+    fingerprint = src.fingerprint()
+    for size in sizes:
+        params = {"source": str(Path(source).resolve()), "split": split, "size": size,
+                  "shard_size": shard_size, "resize": resize, "seed": seed,
+                  "val_labels": str(Path(val_labels).resolve()) if val_labels else None,
+                  "class_map": str(Path(class_map).resolve()) if class_map else None,
+                  "exif_transpose": bool(exif_transpose)}
+        state = {"params": params, "classes": src.classes, "source_kind": src.kind,
+                 "num_inputs": n, "num_blocks": num_blocks, "source_fingerprint": fingerprint}
+        size_dir(out, size).mkdir(parents=True, exist_ok=True)
+        prepare_output(out, size, split, state, overwrite, num_tasks)
+
+    jobs = _plan_jobs(out, split, sizes, num_blocks, shard_size, num_tasks, task_id)
+    ctx = _Context(src, keys, order, {c: i for i, c in enumerate(src.classes)}, shard_size, out, split)
+    _render_blocks(ctx, jobs, resize, exif_transpose, workers, progress)
+    if num_tasks == 1:
+        return finalize(out, split, sizes)
+    return {"task_id": task_id, "num_tasks": num_tasks, "blocks_built": [b for b, _ in jobs],
+            "num_blocks": num_blocks}
+
+
+def _plan_jobs(out, split, sizes, num_blocks, shard_size, num_tasks, task_id) -> List[Tuple[int, Tuple[int, ...]]]:
+    """(block, sizes to render) for this task: blocks without a summary, and blocks whose part is
+    gone but is needed again because a shard made from it is missing (rerun after deletion)."""
+    need: Dict[int, set] = {}
+    for size in sizes:
+        summaries, missing = load_summaries(out, size, split, num_blocks)
+        for b in missing:
+            need.setdefault(b, set()).add(size)
+        if not missing:
+            for plan in layout(summaries, num_blocks, shard_size):
+                if not (size_dir(out, size) / shard_name(split, plan.index)).exists():
+                    for b in blocks_of(plan):
+                        if not part_path(out, size, split, b).exists():
+                            need.setdefault(b, set()).add(size)
+    return [(b, tuple(sorted(need[b]))) for b in sorted(need) if b % num_tasks == task_id]
+
+
+class _Context:
+    def __init__(self, src, keys, order, label_of, shard_size, out, split):
+        self.src, self.keys, self.order, self.label_of = src, keys, order, label_of
+        self.shard_size, self.out, self.split = shard_size, out, split
+
+    def positions(self, block: int) -> range:
+        return range(block * self.shard_size, min(len(self.order), (block + 1) * self.shard_size))
+
+
+# Worker state: set once per process by _init (the reader is pickled once, not per item).
+_WORKER: dict = {}
+
+
+def _init(reader, method, exif_transpose) -> None:
+    _WORKER.update(reader=reader, method=method, exif=exif_transpose)
+
+
+def _work(args):
+    """One input -> {size: tar record of the sample} or a skip reason (str). The records are
+    serialised here, in the worker, so the parent only writes bytes (better scaling)."""
+    ref, sizes, key, label, cls, source = args
+    try:
+        data = _WORKER["reader"](ref)
+    except OSError as e:
+        return f"cannot read: {e}"
+    try:
+        pngs, orig = render(data, sizes, _WORKER["method"], _WORKER["exif"])
+    except SkipImage as e:
+        return str(e)
+    meta = {"class": cls, "source": source, "orig_size": list(orig)}
+    return {s: sample_record(key, label, meta, png) for s, png in pngs.items()}
+
+
+def _render_blocks(ctx: _Context, jobs, method, exif_transpose, workers, progress) -> None:
+    if not jobs:
+        return
+    items = ctx.src.items
+
+    def tasks():
+        for b, bsizes in jobs:
+            for pos in ctx.positions(b):
+                idx = int(ctx.order[pos])
+                it = items[idx]
+                yield it.ref, bsizes, ctx.keys[idx], ctx.label_of[it.cls], it.cls, it.source
+
+    pool = None
+    if workers == 1:
+        _init(ctx.src.reader, method, exif_transpose)
+        results = map(_work, tasks())
+    else:
+        # fork: workers inherit the imported modules; the reader re-opens files per process
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = context.Pool(workers, _init, (ctx.src.reader, method, exif_transpose))
+        results = pool.imap(_work, tasks(), chunksize=8)
+    total = sum(len(ctx.positions(b)) for b, _ in jobs)
+    skipped_total = 0
+    try:
+        with tqdm(total=total, unit="img", file=sys.stderr, disable=not progress, mininterval=1.0,
+                  desc=f"{ctx.split} {'/'.join(map(str, sorted({s for _, ss in jobs for s in ss})))}px") as bar:
+            for b, bsizes in jobs:
+                writers = {s: PartWriter(ctx.out, s, ctx.split, b) for s in bsizes}
+                skipped = []
+                try:
+                    for pos in ctx.positions(b):
+                        res = next(results)
+                        if isinstance(res, str):
+                            skipped.append({"source": items[int(ctx.order[pos])].source, "reason": res})
+                        else:
+                            for s, w in writers.items():
+                                w.add(res[s])
+                        bar.update(1)
+                except BaseException:
+                    for w in writers.values():
+                        w.abort()
+                    raise
+                for w in writers.values():
+                    w.commit(skipped)
+                skipped_total += len(skipped)
+                if skipped_total:
+                    bar.set_postfix(skipped=skipped_total)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def finalize(out, split: str, sizes: Optional[Iterable[int]] = None) -> Dict[int, dict]:
+    """Lay out shards from the block parts of every size, write manifests -> {size: manifest}."""
+    out = Path(out)
+    if sizes is None:
+        sizes = sorted(int(d.name) for d in out.iterdir() if d.is_dir() and d.name.isdigit()
+                       and (d / f".{split}.params.json").exists()) if out.is_dir() else []
+        if not sizes:
+            raise PreprocessError(f"no {split} build state under {out}: run build first")
+    manifests = {}
+    for size in sorted(set(sizes)):
+        manifests[size] = _finalize_size(out, split, int(size))
+    return manifests
+
+
+def _finalize_size(out: Path, split: str, size: int) -> dict:
+    state = read_state(out, size, split)
+    nb, ss = state["num_blocks"], state["params"]["shard_size"]
+    summaries, missing = load_summaries(out, size, split, nb)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise PreprocessError(f"size {size}: {len(missing)} of {nb} blocks of {split} are not built yet "
+                              f"(blocks {shown}; block b belongs to task b % num_tasks): run those tasks")
+    plans = layout(summaries, nb, ss)
+    if not plans:
+        raise PreprocessError(f"all {state['num_inputs']} inputs of {split} were skipped: nothing to write")
+    mp_ = manifest_path(out, size, split)
+    old = {s["name"]: s["sha256"] for s in read_json(mp_)["shards"]} if mp_.exists() else {}
+    shards = []
+    for plan in plans:
+        name = shard_name(split, plan.index)
+        final = size_dir(out, size) / name
+        if final.exists():
+            sha = old.get(name) or sha256_file(final)
+        else:
+            gone = [b for b in blocks_of(plan) if not part_path(out, size, split, b).exists()]
+            if gone:
+                raise PreprocessError(f"shard {final} is missing and the parts it is made from are gone "
+                                      f"(blocks {gone}): rerun build with the same arguments")
+            sha = write_shard(out, size, split, plan, summaries)
+        shards.append({"name": name, "count": plan.count, "sha256": sha})
+    skipped = sorted((s for b in range(nb) for s in summaries[b]["skipped"]), key=lambda s: s["source"])
+    manifest = make_manifest(state, shards, skipped)
+    write_manifest(out, size, split, manifest)
+    cleanup(out, size, split)
+    return manifest

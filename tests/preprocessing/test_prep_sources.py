@@ -1,0 +1,242 @@
+"""Every source format gives the right samples, classes and labels."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from preprocessing import PreprocessError, build
+from preprocessing.arrays import safe_unpickle
+
+from prep_helpers import encode, noise_image, read_samples, write
+
+WNIDS = ["n01440764", "n01443537", "n02119789"]
+
+
+def _reference(data: bytes, size: int) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BOX))
+
+
+@pytest.fixture(scope="module")
+def imagenet_files():
+    """{wnid: {filename: jpeg bytes}} — 4 images per class, ImageNet naming."""
+    files = {}
+    for c, wnid in enumerate(WNIDS):
+        files[wnid] = {f"{wnid}_{100 + i}.JPEG": encode(noise_image(60 + 7 * i, 45 + 3 * c, 10 * c + i), "JPEG")
+                       for i in range(4)}
+    return files
+
+
+def _check_imagenet(out, files, split="train"):
+    manifest, samples = read_samples(out, 16, split)
+    assert manifest["classes"] == WNIDS and manifest["num_samples"] == 12
+    assert not manifest["skipped"]
+    for s in samples:
+        wnid = s["json"]["class"]
+        name = s["json"]["source"].rsplit("/", 1)[-1]
+        assert s["cls"] == WNIDS.index(wnid)
+        assert s["key"] == name.split(".")[0]
+        assert np.array_equal(s["pixels"], _reference(files[wnid][name], 16))
+    return manifest, samples
+
+
+def test_imagenet_train_dir(tmp_path, imagenet_files):
+    for wnid, d in imagenet_files.items():
+        for name, data in d.items():
+            write(tmp_path / "train" / wnid / name, data)
+    build(tmp_path / "train", "train", [16], tmp_path / "out", shard_size=5, progress=False)
+    manifest, _ = _check_imagenet(tmp_path / "out", imagenet_files)
+    assert manifest["source_kind"] == "imagenet-train-dir"
+    assert [s["count"] for s in manifest["shards"]] == [5, 5, 2]
+
+
+def test_imagenet_train_tar_of_tars(tmp_path, imagenet_files):
+    outer_path = tmp_path / "ILSVRC2012_img_train.tar"
+    with tarfile.open(outer_path, "w") as outer:
+        for wnid, d in imagenet_files.items():
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for name, data in d.items():
+                    ti = tarfile.TarInfo(name)
+                    ti.size = len(data)
+                    inner.addfile(ti, io.BytesIO(data))
+            ti = tarfile.TarInfo(f"{wnid}.tar")
+            ti.size = len(buf.getvalue())
+            outer.addfile(ti, io.BytesIO(buf.getvalue()))
+    build(outer_path, "train", [16], tmp_path / "out", shard_size=5, progress=False)
+    manifest, samples = _check_imagenet(tmp_path / "out", imagenet_files)
+    assert manifest["source_kind"] == "imagenet-train-tar"
+    assert samples[0]["json"]["source"].split("/")[0].endswith(".tar")
+
+
+def _val_files(n=9):
+    return {f"ILSVRC2012_val_{i:08d}.JPEG": encode(noise_image(50 + i, 40, 100 + i), "JPEG")
+            for i in range(1, n + 1)}
+
+
+def _check_val(out, files, labels):
+    manifest, samples = read_samples(out, 16, "val")
+    assert manifest["num_samples"] == len(files)
+    for s in samples:
+        name = s["json"]["source"].rsplit("/", 1)[-1]
+        assert s["json"]["class"] == labels[name.split(".")[0]]
+        assert manifest["classes"][s["cls"]] == s["json"]["class"]
+        assert np.array_equal(s["pixels"], _reference(files[name], 16))
+    return manifest
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_val_folder_or_tar_with_loc_csv(tmp_path, as_tar):
+    files = _val_files()
+    labels = {name.split(".")[0]: WNIDS[i % 3] for i, name in enumerate(sorted(files))}
+    csv_path = write(tmp_path / "LOC_val_solution.csv", ("ImageId,PredictionString\n" + "".join(
+        f"{k},{v} 1 2 30 40 {v} 5 6 7 8\n" for k, v in labels.items())).encode())
+    if as_tar:
+        src = tmp_path / "ILSVRC2012_img_val.tar"
+        with tarfile.open(src, "w") as tf:
+            for name, data in files.items():
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    else:
+        src = tmp_path / "val"
+        for name, data in files.items():
+            write(src / name, data)
+    build(src, "val", [16], tmp_path / "out", val_labels=csv_path, shard_size=4, progress=False)
+    manifest = _check_val(tmp_path / "out", files, labels)
+    assert manifest["classes"] == WNIDS
+    assert manifest["source_kind"] == ("imagenet-val-tar" if as_tar else "imagenet-val-dir")
+
+
+def test_val_with_devkit_ground_truth_and_text_map(tmp_path):
+    files = _val_files(6)
+    src = tmp_path / "val"
+    for name, data in files.items():
+        write(src / name, data)
+    ids = [3, 1, 2, 2, 1, 3]   # ILSVRC2012 ids, line i = image i
+    gt = write(tmp_path / "devkit" / "ILSVRC2012_validation_ground_truth.txt", "".join(f"{i}\n" for i in ids).encode())
+    # map_clsloc.txt layout: id order is not wnid order
+    cmap = write(tmp_path / "map.txt", b"n02119789 1 kit_fox\nn01440764 2 tench\nn01443537 3 goldfish\n")
+    build(src, "val", [16], tmp_path / "out", val_labels=gt, class_map=cmap, progress=False)
+    id2wnid = {1: "n02119789", 2: "n01440764", 3: "n01443537"}
+    labels = {f"ILSVRC2012_val_{i:08d}": id2wnid[v] for i, v in enumerate(ids, 1)}
+    manifest = _check_val(tmp_path / "out", files, labels)
+    assert manifest["classes"] == sorted(id2wnid.values())
+
+
+def test_devkit_meta_mat_found_next_to_ground_truth(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    files = _val_files(3)
+    for name, data in files.items():
+        write(tmp_path / "val" / name, data)
+    gt = write(tmp_path / "data" / "ILSVRC2012_validation_ground_truth.txt", b"1\n2\n1\n")
+    synsets = np.zeros(3, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    synsets[0] = (1, "n02119789", 0)
+    synsets[1] = (2, "n01440764", 0)
+    synsets[2] = (1001, "n00001740", 2)   # an inner node: not a class
+    scipy_io.savemat(tmp_path / "data" / "meta.mat", {"synsets": synsets})
+    build(tmp_path / "val", "val", [16], tmp_path / "out", val_labels=gt, progress=False)
+    manifest, samples = read_samples(tmp_path / "out", 16, "val")
+    assert manifest["classes"] == ["n01440764", "n02119789"]
+    assert {s["key"]: s["json"]["class"] for s in samples}["ILSVRC2012_val_00000002"] == "n01440764"
+
+
+def test_imagefolder_keys_unique_and_shuffled(tmp_path, synthetic_src):
+    write(synthetic_src.parent / "dup" / "x" / "a.b.png", encode(noise_image(30, 30, 1), "PNG"))
+    write(synthetic_src.parent / "dup" / "y" / "a.b.png", encode(noise_image(30, 30, 2), "PNG"))
+    build(synthetic_src.parent / "dup", "train", [16], tmp_path / "dup_out", progress=False)
+    _, dup = read_samples(tmp_path / "dup_out", 16, "train")
+    assert sorted(s["key"] for s in dup) == ["x_a_b", "y_a_b"]
+    build(synthetic_src, "train", [16], tmp_path / "out", shard_size=30, progress=False)
+    manifest, samples = read_samples(tmp_path / "out", 16, "train")
+    assert manifest["source_kind"] == "imagefolder" and manifest["num_classes"] == 3
+    labels = [s["cls"] for s in samples]
+    assert labels != sorted(labels)                                   # shuffled across shards
+    assert all(len(set(labels[i:i + 30])) == 3 for i in range(0, 90, 30))
+    assert len({s["key"] for s in samples}) == 90
+
+
+def _cifar_batch(path, n, seed, protocol=2):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = [int(x) for x in rng.integers(0, 10, n)]
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": b"x", b"labels": labels, b"data": data,
+                     b"filenames": [b"f%d.png" % i for i in range(n)]}, f, protocol=protocol)
+    return data, labels
+
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_cifar10_batches(tmp_path):
+    src = tmp_path / "cifar-10-batches-py"
+    src.mkdir()
+    with open(src / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in CIFAR_NAMES], b"num_vis": 3072}, f, protocol=2)
+    train = [_cifar_batch(src / f"data_batch_{i}", 4, i) for i in range(1, 6)]
+    test_data, test_labels = _cifar_batch(src / "test_batch", 5, 9, protocol=4)
+    build(src, "train", [32, 16], tmp_path / "out", shard_size=7, progress=False)
+    manifest, samples = read_samples(tmp_path / "out", 32, "train")
+    assert manifest["num_samples"] == 20 and manifest["classes"] == CIFAR_NAMES
+    assert manifest["source_kind"] == "cifar10"
+    for s in samples:
+        fname, row = s["json"]["source"].rstrip("]").split("[")
+        data, labels = train[int(fname[-1]) - 1]
+        img = data[int(row)].reshape(3, 32, 32).transpose(1, 2, 0)
+        assert np.array_equal(s["pixels"], img)                      # taken as is
+        assert s["cls"] == labels[int(row)]
+    _, small = read_samples(tmp_path / "out", 16, "train")
+    ref = Image.fromarray(train[0][0][0].reshape(3, 32, 32).transpose(1, 2, 0)).resize((16, 16), Image.BOX)
+    assert np.array_equal(next(s for s in small if s["json"]["source"] == "data_batch_1[0]")["pixels"], np.asarray(ref))
+    build(src, "val", [32], tmp_path / "out", progress=False)
+    assert read_samples(tmp_path / "out", 32, "val")[0]["num_samples"] == 5
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned",))
+
+
+def test_cifar_pickle_with_code_is_refused(tmp_path):
+    p = tmp_path / "data_batch_1"
+    with open(p, "wb") as f:
+        pickle.dump({b"data": _Evil(), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(PreprocessError, match="not allowed"):
+        safe_unpickle(p)
+    with pytest.raises(PreprocessError, match="refusing"):
+        build(tmp_path, "train", [32], tmp_path / "out", progress=False)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_downsampled_imagenet_npz(tmp_path, compressed):
+    rng = np.random.default_rng(3)
+    save = np.savez_compressed if compressed else np.savez
+    batches = []
+    for i in (1, 2):
+        data = rng.integers(0, 256, (6, 3 * 8 * 8), dtype=np.uint8)
+        labels = rng.integers(1, 4, 6)
+        save(tmp_path / f"train_data_batch_{i}.npz", data=data, labels=labels, mean=data.mean(0))
+        batches.append((data, labels))
+    save(tmp_path / "val_data.npz", data=batches[0][0], labels=batches[0][1], mean=batches[0][0].mean(0))
+    build(tmp_path, "train", [8, 16], tmp_path / "out", shard_size=5, progress=False)
+    manifest, samples = read_samples(tmp_path / "out", 8, "train")
+    assert manifest["num_samples"] == 12 and manifest["source_kind"] == "downsampled-imagenet-npz"
+    assert manifest["classes"] == sorted(f"{l:04d}" for l in set(np.concatenate([b[1] for b in batches]).tolist()))
+    for s in samples:
+        fname, row = s["json"]["source"].rstrip("]").split("[")
+        data, labels = batches[int(fname.split("_")[-1].split(".")[0]) - 1]
+        img = data[int(row)].reshape(3, 8, 8).transpose(1, 2, 0)       # channel-planar
+        assert np.array_equal(s["pixels"], img)
+        assert manifest["classes"][s["cls"]] == f"{labels[int(row)]:04d}"
+    # a class map names the release's 1-based labels
+    cmap = write(tmp_path / "map.txt", b"n02119789 1\nn01440764 2\nn01443537 3\n")
+    build(tmp_path / "val_data.npz", "val", [8], tmp_path / "out2", class_map=cmap, progress=False)
+    m2, s2 = read_samples(tmp_path / "out2", 8, "val")
+    names = ["n02119789", "n01440764", "n01443537"]
+    assert m2["classes"] == sorted({names[l - 1] for l in batches[0][1].tolist()})
+    assert all(m2["classes"][s["cls"]] == names[batches[0][1][int(s["json"]["source"][-2])] - 1] for s in s2)
