@@ -5,9 +5,15 @@ Layout under `<run_dir>/checkpoints/`:
                               plus rng_rank<r>.pt (every rank's RNG) and meta.json (written last)
   latest                      the tag of the newest *complete* checkpoint
 
+  step00000120_universal/     made on demand when the world size changed (elastic resume)
+
 Every rank writes its part; only after a barrier does rank 0 write meta.json and then replace `latest`
 atomically, so a crash in the middle of a save leaves the previous checkpoint as latest. The newest
 `keep_last` complete checkpoints are kept.
+
+Elastic resume: a ZeRO checkpoint only loads on the world size that wrote it, so when that changes rank 0
+converts it with DeepSpeed's `ds_to_universal` (into a temporary folder, renamed when complete) and every
+rank loads the universal form (`"checkpoint": {"load_universal": true}`).
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import json
 import logging
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -25,6 +33,7 @@ from pipeline.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step(\d{8})$")
+UNIVERSAL = "_universal"
 
 
 class CheckpointError(RuntimeError):
@@ -54,7 +63,12 @@ def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: 
          keep_last: int, rank: int) -> str:
     """Every rank calls this at the same step. Returns the tag."""
     ckpt_dir = Path(ckpt_dir)
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
     tag = tag_for(step)
+    # ds_to_universal refuses checkpoints without this entry; it makes elastic resume possible.
+    client_state = dict(client_state, **{UNIVERSAL_CHECKPOINT_INFO: {
+        UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}})
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     torch.save({"torch": torch.get_rng_state()}, ckpt_dir / tag / f"rng_rank{rank}.pt")
     dist.barrier()  # every rank's files are on disk before the checkpoint is declared complete
@@ -72,23 +86,49 @@ def _prune(ckpt_dir: Path, keep_last: int, newest: str) -> None:
     for t in complete[:-keep_last]:
         if t != newest:
             shutil.rmtree(ckpt_dir / t, ignore_errors=True)
-    # Incomplete checkpoints older than the newest complete one are leftovers of a crash mid-save.
+    # Incomplete checkpoints older than the newest complete one are leftovers of a crash mid-save;
+    # universal conversions are only needed for the checkpoint a run resumed from.
     for t in tags:
         if t not in complete and t < newest:
             shutil.rmtree(ckpt_dir / t, ignore_errors=True)
+    for p in ckpt_dir.glob(f"step*{UNIVERSAL}*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
-def load(engine, ckpt_dir: Path, tag: str, rank: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Load model, optimizer, scheduler and this rank's RNG state. Returns (client_state, meta)."""
-    meta = read_meta(ckpt_dir, tag)
+def load(engine, ckpt_dir: Path, tag: str, rank: int) -> Dict[str, Any]:
+    """Load model, optimizer, scheduler and this rank's RNG state from `tag` (a plain or a universal
+    checkpoint folder). Returns the client state."""
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
     rng_file = Path(ckpt_dir) / tag / f"rng_rank{rank}.pt"
-    if rng_file.exists():
+    if rng_file.exists():  # absent in a universal conversion: another world size has other ranks
         torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
-    return client_state or {}, meta
+    return client_state or {}
+
+
+def universal_tag(ckpt_dir: Path, tag: str, rank: int) -> str:
+    """Convert `tag` to DeepSpeed's universal format (rank 0, once; all ranks wait). Returns its tag."""
+    ckpt_dir = Path(ckpt_dir)
+    out = ckpt_dir / f"{tag}{UNIVERSAL}"
+    if rank == 0 and not out.exists():
+        tmp = ckpt_dir / f"{tag}{UNIVERSAL}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("world size changed: converting %s to a universal checkpoint", ckpt_dir / tag)
+        proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                               "--input_folder", str(ckpt_dir / tag), "--output_folder", str(tmp),
+                               "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CheckpointError(f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n"
+                                  f"{proc.stderr[-2000:]}")
+        shutil.copy(ckpt_dir / tag / "meta.json", tmp / "meta.json")
+        tmp.rename(out)
+        # ds_to_universal also drops a `latest_universal` file naming its (temporary) output: not ours.
+        (ckpt_dir / "latest_universal").unlink(missing_ok=True)
+    dist.barrier()
+    return out.name
 
 
 def check_compatible(meta: Dict[str, Any], model_config: Dict[str, Any], ckpt: Path) -> None:

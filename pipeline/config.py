@@ -117,9 +117,28 @@ class SlurmConfig:
 
 
 @dataclass
+class PreprocessConfig:
+    """`kind: preprocess` experiments: a SLURM array of `preprocessing build` tasks, then `finalize`."""
+    source: str = ""                # folder, tar or npz file (kind auto-detected by preprocessing)
+    split: str = "train"
+    sizes: List[int] = field(default_factory=lambda: [32, 64])
+    out: str = "data/imagenet"      # shards land in <out>/<size>/<split>-NNNNNN.tar + <split>.json
+    num_tasks: int = 1              # K array tasks; task I renders blocks b with b % K == I
+    workers: int = 1                # processes per task (ask slurm.cpus_per_task for as many)
+    shard_size: int = 5000
+    resize: str = "box"             # box | center-crop
+    seed: int = 0
+    val_labels: str = ""            # ImageNet val labels file, for a val split
+    class_map: str = ""
+    overwrite: bool = False         # only with num_tasks=1 (preprocessing refuses it for arrays)
+    array_parallelism: int = 0      # at most this many tasks at once (0: all)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     description: str = ""
+    kind: str = "train"             # train | preprocess
     output_dir: str = "runs/{name}"  # checkpoints, logs, effective config; {name} is filled in
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -128,6 +147,7 @@ class ExperimentConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -146,6 +166,8 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "data.on_corrupt": ("error", "skip"),
     "data.prepare": ("none", "synthetic"),
+    "kind": ("train", "preprocess"),
+    "preprocess.resize": ("box", "center-crop"),
 }
 
 
@@ -217,6 +239,9 @@ def load_config(exp: str, overrides: Optional[List[str]] = None) -> ExperimentCo
 
 def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
     """Refuse impossible combinations, naming the keys involved."""
+    if cfg.kind == "preprocess":  # no model is trained: only the preprocessing section matters
+        validate_preprocess(cfg)
+        return
     flat = flatten(cfg)
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
@@ -238,6 +263,32 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
         raise ConfigError("'train.precision' fp16 needs a GPU ('train.device' is cpu): use bf16 or fp32")
     if cfg.data.prepare == "none" and not Path(cfg.data.root).exists():
         raise ConfigError(f"'data.root' does not exist: {cfg.data.root}")
+
+
+def validate_preprocess(cfg: ExperimentConfig) -> None:
+    """Checks of a `kind: preprocess` experiment that can be made before anything is submitted."""
+    if cfg.kind not in CHOICES["kind"]:
+        raise ConfigError(f"'kind' is {cfg.kind!r}; expected one of {list(CHOICES['kind'])}")
+    p = cfg.preprocess
+    if p.resize not in CHOICES["preprocess.resize"]:
+        raise ConfigError(f"'preprocess.resize' is {p.resize!r}; expected one of "
+                          f"{list(CHOICES['preprocess.resize'])}")
+    if not p.source:
+        raise ConfigError("'preprocess.source' is empty: give the image folder, tar or npz to render")
+    if not Path(p.source).exists():
+        raise ConfigError(f"'preprocess.source' does not exist: {p.source}")
+    if p.val_labels and not Path(p.val_labels).exists():
+        raise ConfigError(f"'preprocess.val_labels' does not exist: {p.val_labels}")
+    if not p.sizes:
+        raise ConfigError("'preprocess.sizes' is empty: give at least one output size")
+    for key in ("num_tasks", "workers", "shard_size"):
+        if getattr(p, key) < 1:
+            raise ConfigError(f"'preprocess.{key}' must be at least 1, got {getattr(p, key)}")
+    if p.array_parallelism < 0:
+        raise ConfigError(f"'preprocess.array_parallelism' must be 0 (all) or more, got {p.array_parallelism}")
+    if p.overwrite and p.num_tasks > 1:
+        raise ConfigError("'preprocess.overwrite' cannot be combined with 'preprocess.num_tasks' > 1 "
+                          "(each task would delete the others' work): remove the output first")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 
 from pipeline.config import ExperimentConfig, OptimConfig
+from pipeline.optim import RMSprop
 
 
 class BitsPerDim(torch.nn.Module):
@@ -39,9 +40,9 @@ def build(cfg: ExperimentConfig) -> torch.nn.Module:
 
 def make_optimizer(o: OptimConfig, params) -> torch.optim.Optimizer:
     """RMSprop as in the paper (its settings are not given there), or Adam."""
-    if o.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum,
-                                   weight_decay=o.weight_decay)
+    if o.name == "rmsprop":  # torch's update, state named so that elastic resume can convert it
+        return RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum,
+                       weight_decay=o.weight_decay)
     return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 

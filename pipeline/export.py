@@ -35,11 +35,11 @@ def consolidated_state(ckpt: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tens
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     folder, tag = _resolve(Path(ckpt))
     meta = read_meta(folder, tag)
-    if meta.get("zero_stage", 0) == 0:
-        states = torch.load(folder / tag / "mp_rank_00_model_states.pt", weights_only=False, map_location="cpu")
-        sd = {k: v.float() for k, v in states["module"].items()}
-    else:
+    if any((folder / tag).glob("*optim_states.pt")):  # ZeRO (or bf16) partitions hold the fp32 master weights
         sd = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
+    else:  # ZeRO-0 fp32: the module's own weights are the master weights
+        states = torch.load(folder / tag / "mp_rank_00_model_states.pt", weights_only=True, map_location="cpu")
+        sd = states["module"]
     sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v.float().contiguous() for k, v in sd.items()}
     return meta["model"], sd
 

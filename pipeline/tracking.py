@@ -64,13 +64,19 @@ class Tracker:
         """Params (the whole effective config, flattened), tags, and the config files as artifacts."""
         if not self.enabled:
             return
-        self.mlflow.set_tags(tags)
+        # run_kind tells training runs from `pipeline.report`'s report runs; data_key joins the tags that
+        # decide comparability into one value the UI's "Group by" can use.
+        data_key = "/".join(str(tags.get(k, "unknown")) for k in ("dataset_variant", "resize", "image_size"))
+        data_key += f"px/{str(tags.get('manifest_sha256', 'unknown'))[:12]}"
+        self.mlflow.set_tags({"run_kind": "train", "benchmark": cfg.tracking.experiment,
+                              "data_key": data_key, **tags})
         if not resumed:
             params = {k: v for k, v in flatten(cfg).items() if not isinstance(v, dict)}
             # Headline hyperparameters also as short top-level names for the compare view.
             params.update(model=cfg.model.name, layers=cfg.model.layers, hidden=cfg.model.hidden,
                           image_size=cfg.model.image_size, precision=cfg.train.precision,
-                          zero_stage=cfg.train.zero_stage, global_batch_size=cfg.train.global_batch_size)
+                          zero_stage=cfg.train.zero_stage, global_batch_size=cfg.train.global_batch_size,
+                          optimizer=cfg.optim.name, base_lr=cfg.optim.lr)
             self.mlflow.log_params(params)
             self.mlflow.log_text(to_yaml(cfg), "config/experiment.yaml")
             self.mlflow.log_text(json.dumps(ds_config, indent=2), "config/deepspeed.json")

@@ -74,8 +74,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, Any]:
     """Run (or resume) the experiment on this rank. Returns the final summary (same on every rank)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     env = dist_env()
+    # One progress log per job: rank 0 says INFO, the others only warnings and errors.
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", force=True)
     device = resolve_device(cfg.train.device)
     validate(cfg, world_size=env.world_size)
     init_distributed(env, device, cfg.train.dist_timeout_s)
@@ -91,19 +93,27 @@ def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, A
     stream = TrainStream(train_set, cfg.train.micro_batch_size, cfg.train.seed, env.rank, env.world_size,
                          cfg.data.num_workers, cfg.data.shuffle_buffer, cfg.data.on_corrupt)
 
-    tag = ckpt.latest_tag(ckpt_dir) if cfg.checkpoint.resume else None
-    ds_cfg = deepspeed_config(cfg, env.world_size)
-    engine, model = initialize(cfg, ds_cfg)
+    # Resume is one call's worth of decisions: which checkpoint, and whether the world size changed.
     mcfg = model_config(cfg)
-    step, consumed, nonfinite_total, prior_hours = 0, 0, 0, 0.0
-    if tag is not None:
-        meta = ckpt.read_meta(ckpt_dir, tag)
-        ckpt.check_compatible(meta, mcfg, ckpt_dir / tag)
-        client, _ = ckpt.load(engine, ckpt_dir, tag, env.rank)
+    tag = ckpt.latest_tag(ckpt_dir) if cfg.checkpoint.resume else None
+    saved = ckpt.read_meta(ckpt_dir, tag) if tag else {}
+    if tag:
+        ckpt.check_compatible(saved, mcfg, ckpt_dir / tag)
+    elastic = bool(tag) and saved["world_size"] != env.world_size
+    if elastic:
+        tag = ckpt.universal_tag(ckpt_dir, tag, env.rank)
+    ds_cfg = deepspeed_config(cfg, env.world_size, load_universal=elastic)
+    engine, model = initialize(cfg, ds_cfg)
+    step, consumed, nonfinite_total, prior_hours, client = 0, 0, 0, 0.0, {}
+    if tag:
+        client = ckpt.load(engine, ckpt_dir, tag, env.rank)
         step, consumed = int(client["step"]), int(client["consumed_batches"])
+        if elastic:  # same number of samples seen, counted in batches of the new world size
+            consumed = consumed * saved["world_size"] // env.world_size
         prior_hours = float(client.get("device_hours", 0.0))
         nonfinite_total = int(client.get("nonfinite_total", 0))
-        log.info("resumed from %s at step %d (data position %d)", ckpt_dir / tag, step, consumed)
+        log.info("resumed from %s at step %d (data position %d%s)", ckpt_dir / tag, step, consumed,
+                 f", world size {saved['world_size']} -> {env.world_size}" if elastic else "")
 
     metrics_file = run_dir / "metrics.jsonl"
     tracker = Tracker(cfg, env.is_main, run_dir)
@@ -210,7 +220,9 @@ def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, A
             raise StopRequested(f"stopped by signal at step {step}; checkpoint {ckpt_dir / ckpt.latest_tag(ckpt_dir)}")
 
     val_bpd = run_eval()
-    tag = save()
+    if tag is None or step > int(client["step"]):  # a resume with nothing left to train keeps its checkpoint
+        tag = save()
+    tag = tag.removesuffix(ckpt.UNIVERSAL)
     summary = {"val_bits_per_dim": val_bpd, "steps": step, "checkpoint": str(ckpt_dir / tag),
                "run_dir": str(run_dir), "mlflow_run_id": tracker.run_id, "world_size": env.world_size,
                "nonfinite_steps": nonfinite_total}

@@ -40,11 +40,14 @@ def metrics(run_dir: Path) -> List[Dict]:
 
 
 def train_2ranks(run_dir: Path, data: Path, overrides: List[str], kill_after_step: Optional[int] = None,
-                 sig: int = signal.SIGKILL, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 -m pipeline.train --exp smoke ...`; optionally send `sig` to the whole
-    process group once rank 0 has recorded `kill_after_step` steps. Returns the finished process."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "pipeline.train", "--exp", "smoke",
+                 sig: int = signal.SIGKILL, timeout: float = 300, nproc: int = 2,
+                 program: Optional[List[str]] = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m pipeline.train --exp smoke ...` (or `program`, with `nproc` ranks);
+    optionally send `sig` once rank 0 has recorded `kill_after_step` steps: SIGKILL to the whole process
+    group, other signals to the ranks. Returns the finished process with its combined output."""
+    program = program or ["-m", "pipeline.train", "--exp", "smoke"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), *program,
            f"output_dir={run_dir}", f"data.root={data}", "data.prepare=none",
            f"tracking.tracking_uri=sqlite:///{Path(run_dir).parent / (Path(run_dir).name + '.db')}", *overrides]
     log = open(Path(str(run_dir) + ".log"), "ab")

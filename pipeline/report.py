@@ -1,0 +1,318 @@
+"""Bits/dim report: our best runs per model beside the published numbers, from the MLflow store.
+
+    python -m pipeline.report [--experiment imagenet32] [--tracking-uri URI] [--out report.md]
+
+For each MLflow experiment (one per benchmark) it writes a Markdown table of the best run per model (the
+run's latest `val_bits_per_dim`, train bits/dim, steps, images/s, device-hours), the published test
+bits/dim of `configs/benchmarks.yaml` and the gap to each, and a PNG (`<out stem>-<experiment>.png`) of
+validation bits/dim against step and against device-hours. Runs are grouped by the tags that decide
+comparability (dataset_variant, resize, image_size, manifest_sha256) and ranked only within a group;
+the report says so whenever an experiment holds runs on differently made data. The report and the plots
+are then logged as artifacts of a `report` run in the same experiment (tag `run_kind=report`), which
+later reports skip.
+
+Exit status: 0 when a report was written, and also when there is nothing to report (no store, or no
+training run with a validation result: a message says so and nothing is written); 2 for an unknown
+experiment name or a benchmarks file that cannot be read.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from pipeline.config import REPO_ROOT
+from pipeline.fsutil import atomic_write_text
+
+BENCHMARKS_FILE = REPO_ROOT / "configs" / "benchmarks.yaml"
+RUN_KIND_TAG = "run_kind"            # "train" on training runs (pipeline.tracking), "report" on report runs
+REPORT_KIND = "report"
+DATA_TAGS = ("dataset_variant", "resize", "image_size", "manifest_sha256")
+VAL, TRAIN, HOURS, RATE = "val_bits_per_dim", "train_bits_per_dim", "device_hours", "images_per_s"
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+class ReportError(Exception):
+    """A request the report cannot serve (unknown experiment, unreadable benchmarks file)."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    name: str
+    status: str
+    model: str
+    tags: Dict[str, str]
+    params: Dict[str, str]
+    val: float
+    train: Optional[float]
+    steps: int
+    images_per_s: Optional[float]
+    device_hours: Optional[float]
+    val_history: List[Tuple[int, float]] = field(default_factory=list)
+    hours_history: List[Tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def data_key(self) -> Tuple[str, ...]:
+        """What makes two runs' bits/dim comparable: the same data, made the same way."""
+        return tuple(self.tags.get(k, "unknown") for k in DATA_TAGS)
+
+    def val_device_hours(self) -> List[float]:
+        """Device-hours at each evaluation step (interpolated from the logged device_hours)."""
+        if not self.hours_history:
+            return []
+        import numpy as np
+        s, h = zip(*self.hours_history)
+        return [float(x) for x in np.interp([st for st, _ in self.val_history], s, h, left=0.0)]
+
+
+@dataclass
+class ExperimentReport:
+    name: str
+    experiment_id: str
+    runs: List[RunSummary]               # training runs with a validation result
+    without_val: int = 0                 # training runs that have not evaluated yet
+    skipped_reports: int = 0             # earlier report runs, not counted
+
+    def groups(self) -> Dict[Tuple[str, ...], List[RunSummary]]:
+        out: Dict[Tuple[str, ...], List[RunSummary]] = {}
+        for r in sorted(self.runs, key=lambda r: r.val):
+            out.setdefault(r.data_key, []).append(r)
+        return out
+
+
+def best_per_model(runs: Sequence[RunSummary]) -> List[RunSummary]:
+    """The lowest latest-val run of each model, best first."""
+    best: Dict[str, RunSummary] = {}
+    for r in runs:
+        if r.model not in best or r.val < best[r.model].val:
+            best[r.model] = r
+    return sorted(best.values(), key=lambda r: r.val)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+def load_benchmarks(path: Path = BENCHMARKS_FILE) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ReportError(f"cannot read benchmarks file {path}: {e}") from None
+    if not isinstance(data.get("benchmarks"), dict):
+        raise ReportError(f"{path}: no 'benchmarks' mapping")
+    return data
+
+
+def benchmark_for(experiment: str, benchmarks: dict) -> Optional[dict]:
+    for key, b in benchmarks["benchmarks"].items():
+        if experiment == key or experiment in (b.get("experiments") or []):
+            return b
+    return None
+
+
+def _store_missing(uri: str) -> bool:
+    if uri.startswith("sqlite:///"):
+        return not Path(uri[len("sqlite:///"):]).exists()
+    if uri.startswith("file://") or "://" not in uri:
+        return not Path(uri.replace("file://", "", 1)).exists()
+    return False
+
+
+def _history(client, run_id: str, key: str) -> List[Tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def collect(client, experiment) -> ExperimentReport:
+    """Every active run of the experiment, summarised; report runs left out."""
+    rep = ExperimentReport(experiment.name, experiment.experiment_id, [])
+    token = None
+    while True:
+        page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+            if tags.get(RUN_KIND_TAG) == REPORT_KIND:
+                rep.skipped_reports += 1
+                continue
+            if VAL not in metrics:
+                rep.without_val += 1
+                continue
+            rid = run.info.run_id
+            val_hist = _history(client, rid, VAL)
+            train_hist = _history(client, rid, TRAIN)
+            rates = [v for _, v in _history(client, rid, RATE)]
+            steps = max([s for s, _ in val_hist + train_hist] or [0])
+            rep.runs.append(RunSummary(
+                run_id=rid, name=run.info.run_name or rid[:8], status=run.info.status,
+                model=tags.get("model") or params.get("model") or params.get("model.name") or "unknown",
+                tags=dict(tags), params=dict(params), val=metrics[VAL], train=metrics.get(TRAIN), steps=steps,
+                images_per_s=statistics.median(rates) if rates else None,  # median: robust to warm-up
+                device_hours=metrics.get(HOURS), val_history=val_hist, hours_history=_history(client, rid, HOURS)))
+        token = page.token
+        if not token:
+            return rep
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+def _f(x: Optional[float], fmt: str = ".4f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _gap(ours: float, published: float, comparable: bool) -> str:
+    return f"{ours - published:+.3f}" + ("" if comparable else " †")
+
+
+def _data_label(key: Tuple[str, ...]) -> str:
+    variant, resize, size, sha = key
+    return f"variant `{variant}`, resize `{resize}`, {size} px, manifest `{sha[:12]}`"
+
+
+def render_experiment(rep: ExperimentReport, bench: Optional[dict], sources: dict,
+                      plot_name: Optional[str]) -> str:
+    lines = [f"## Experiment `{rep.name}`" + (f" — {bench['title']}" if bench and bench.get("title") else ""), ""]
+    extra = []
+    if rep.without_val:
+        extra.append(f"{rep.without_val} run(s) without a validation result yet are not listed")
+    if rep.skipped_reports:
+        extra.append(f"{rep.skipped_reports} earlier report run(s) skipped")
+    lines += [f"{len(rep.runs)} training run(s) with a validation result"
+              + (f" ({'; '.join(extra)})" if extra else "") + ".", ""]
+    groups = rep.groups()
+    if len(groups) > 1:
+        lines += [f"> **Warning: runs on differently made data.** The runs of this experiment fall into "
+                  f"{len(groups)} data groups (dataset variant, resize method, image size or manifest hash "
+                  f"differ). They are ranked only within a group: bits/dim from different groups are not "
+                  f"comparable with each other.", ""]
+    published = list((bench or {}).get("results") or [])
+    if not bench:
+        lines += [f"No published results for benchmark `{rep.name}` in configs/benchmarks.yaml: "
+                  f"our runs only.", ""]
+    for gi, (key, runs) in enumerate(groups.items(), 1):
+        best = best_per_model(runs)
+        lines += [f"### Data group {gi}: {_data_label(key)}", ""]
+        comparable = bool(bench) and key[0] == bench.get("dataset_variant") and key[2] == str(bench.get("image_size"))
+        if bench and not comparable:
+            lines += [f"> † Published numbers were measured on `{bench.get('dataset_variant')}` data at "
+                      f"{bench.get('image_size')} px; these runs used variant `{key[0]}` at {key[2]} px, so the "
+                      f"gaps are not strictly comparable." + (f" {bench['note']}" if bench.get("note") else ""), ""]
+        lines += [f"Best run per model ({len(runs)} run(s) in this group); val = latest `{VAL}`:", "",
+                  "| # | model | run | val bits/dim | train bits/dim | steps | images/s | device-hours | status "
+                  "| published (same model) | gap |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(best, 1):
+            same = [p for p in published if p.get("model") == r.model]
+            pub = "; ".join(f"{p['test_bits_per_dim']:.2f} ({p['source']})" for p in same) or "–"
+            gap = "; ".join(_gap(r.val, p["test_bits_per_dim"], comparable) for p in same) or "–"
+            lines.append(f"| {i} | {r.model} | {r.name} | {r.val:.4f} | {_f(r.train)} | {r.steps} | "
+                         f"{_f(r.images_per_s, '.1f')} | {_f(r.device_hours, '.4g')} | {r.status} | {pub} | {gap} |")
+        lines.append("")
+        if published:
+            lines += ["Gap to each published result (our val − published test; negative is better):", "",
+                      "| published | test bits/dim | source | " + " | ".join(r.name for r in best) + " |",
+                      "|---|---|---|" + "---|" * len(best)]
+            for p in sorted(published, key=lambda p: -p["test_bits_per_dim"]):
+                lines.append(f"| {p['label']} | {p['test_bits_per_dim']:.2f} | {p['source']} | "
+                             + " | ".join(_gap(r.val, p["test_bits_per_dim"], comparable) for r in best) + " |")
+            lines.append("")
+    if plot_name:
+        lines += [f"![validation bits/dim of {rep.name}]({plot_name})", ""]
+    used = sorted({p["source"] for p in published})
+    if used:
+        lines += ["Sources:", ""] + [f"- `{s}`: {sources.get(s, {}).get('citation', s)} "
+                                     f"{sources.get(s, {}).get('url', '')}".rstrip() for s in used] + [""]
+    return "\n".join(lines)
+
+
+def log_report_run(client, rep: ExperimentReport, files: Sequence[Path]) -> str:
+    """A run of its own in the experiment, tagged so nobody (and no later report) takes it for training."""
+    from mlflow.entities import RunStatus
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run = client.create_run(rep.experiment_id, run_name=f"report-{stamp}", tags={
+        RUN_KIND_TAG: REPORT_KIND,
+        "mlflow.note.content": "Benchmark report (python -m pipeline.report), not a training run.",
+        "report.runs": str(len(rep.runs)), "report.data_groups": str(len(rep.groups()))})
+    for f in files:
+        client.log_artifact(run.info.run_id, str(f), "report")
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return run.info.run_id
+
+
+def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
+                benchmarks_file: Path = BENCHMARKS_FILE, log_run: bool = True) -> Tuple[int, str]:
+    """Write the report; returns (exit status, message). Raises ReportError for unusable requests."""
+    benchmarks = load_benchmarks(benchmarks_file)
+    if _store_missing(tracking_uri):
+        return EXIT_OK, f"No MLflow store at {tracking_uri}: no runs to report."
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    if experiments:
+        exps = []
+        for name in experiments:
+            e = client.get_experiment_by_name(name)
+            if e is None:
+                known = sorted(x.name for x in client.search_experiments())
+                raise ReportError(f"no experiment '{name}' in {tracking_uri} (known: {', '.join(known) or 'none'})")
+            exps.append(e)
+    else:
+        exps = sorted(client.search_experiments(), key=lambda e: e.name)
+    reports = [r for r in (collect(client, e) for e in exps) if r.runs]
+    names = ", ".join(e.name for e in exps) or "(none)"
+    if not reports:
+        return EXIT_OK, (f"No training runs with {VAL} in experiment(s) {names} of {tracking_uri}: "
+                         f"nothing to report (no file written).")
+    from pipeline.report_plots import plot_runs
+    out = Path(out)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = ["# Bits/dim benchmark report", "",
+             f"Generated {stamp} from `{tracking_uri}` by `python -m pipeline.report`. Lower is better. Ours: "
+             f"the latest `{VAL}` of each run (its data.val_split); published: test bits/dim from "
+             f"configs/benchmarks.yaml. Runs are ranked only against runs on the same data (same dataset "
+             f"variant, resize method, image size and manifest hash).", ""]
+    plots: Dict[str, Path] = {}
+    for rep in reports:
+        bench = benchmark_for(rep.name, benchmarks)
+        plot = out.with_name(f"{out.stem}-{rep.name}.png")
+        shown = [r for runs in rep.groups().values() for r in best_per_model(runs)]
+        plot_runs(shown, list((bench or {}).get("results") or []), f"{rep.name}: validation bits/dim", plot)
+        plots[rep.name] = plot
+        parts.append(render_experiment(rep, bench, benchmarks.get("sources") or {}, plot.name))
+    atomic_write_text(out, "\n".join(parts))
+    logged = []
+    if log_run:
+        for rep in reports:
+            logged.append(log_report_run(client, rep, [out, plots[rep.name]]))
+    msg = f"wrote {out} and {', '.join(str(p) for p in plots.values())}"
+    if logged:
+        msg += f"; logged as report run(s) {', '.join(logged)}"
+    return EXIT_OK, msg
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from pipeline.tracking import DEFAULT_URI
+    p = argparse.ArgumentParser("pipeline.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", action="append", help="MLflow experiment (benchmark) to report on; "
+                   "repeatable; default: every experiment in the store")
+    p.add_argument("--tracking-uri", default=None,
+                   help=f"MLflow store; default $MLFLOW_TRACKING_URI, else {DEFAULT_URI}")
+    p.add_argument("--out", default="report.md", help="Markdown report; plots go beside it")
+    p.add_argument("--benchmarks", default=str(BENCHMARKS_FILE), help="published results (YAML)")
+    p.add_argument("--no-log-run", action="store_true", help="do not log the report as an MLflow run")
+    args = p.parse_args(argv)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    try:
+        code, msg = make_report(uri, args.experiment, Path(args.out), Path(args.benchmarks), not args.no_log_run)
+    except ReportError as e:
+        print(f"pipeline.report: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(msg)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
