@@ -147,3 +147,44 @@ def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_d
     assert evaluated["bits_per_dim"] == pytest.approx(final["val_bits_per_dim"], abs=1e-5)
     blob = torch.load(out, weights_only=True)  # plain tensors and containers only
     assert blob["config"]["name"] == "row_lstm"
+
+
+def test_crash_between_shard_writes_and_latest_resumes_from_previous(zero2, smoke_data, tmp_path):
+    """The on-disk state of a kill during a checkpoint: DeepSpeed's files for step 30 written, meta.json
+    not yet, `latest` still naming step 20. The resume ignores the partial checkpoint, replaces it, and
+    ends bit for bit where the uninterrupted run did."""
+    import shutil
+    base, _ = zero2
+    run = tmp_path / "crashed"
+    shutil.copytree(base / "a", run)
+    (run / "checkpoints" / "step00000030" / "meta.json").unlink()
+    (run / "checkpoints" / "latest").write_text("step00000020")
+    (run / "mlflow_run_id").unlink()  # the copy gets its own MLflow run in its own store
+    _ok(train_2ranks(run, smoke_data, Z2))
+    assert _hex_losses(run) == _hex_losses(base / "a")
+    assert (run / "checkpoints" / "step00000030" / "meta.json").exists()
+
+
+def test_sample_cli_writes_a_grid_and_a_completion(zero3, smoke_data, tmp_path):
+    from PIL import Image
+    base, _ = zero3
+    for extra, name in (([], "grid.png"), (["--complete-from", str(smoke_data)], "completion.png")):
+        out = tmp_path / name
+        subprocess.run([sys.executable, "-m", "pipeline.sample", "--checkpoint", str(base / "c" / "checkpoints"),
+                        "--n", "4", "--out", str(out), *extra], cwd=REPO, check=True, capture_output=True,
+                       timeout=300)
+        img = Image.open(out)
+        assert img.mode == "RGB" and img.width > 4 * 8  # enlarged for viewing, with padding
+
+
+def test_non_finite_losses_stop_the_run_with_a_checkpoint(smoke_data, tmp_path):
+    """A learning rate of 1e30 blows the weights up after one step: every later micro-batch is non-finite,
+    is skipped and counted; after train.max_nonfinite_steps in a row the run stops, saying why."""
+    run = tmp_path / "nonfinite"
+    out = train_2ranks(run, smoke_data, ["train.precision=fp32", "optim.lr=1e30", "optim.warmup_steps=0",
+                                         "train.max_nonfinite_steps=3", "train.eval_every=100"], nproc=1)
+    assert out.returncode != 0
+    assert "3 consecutive non-finite losses at step 1" in out.stdout
+    assert (run / "checkpoints" / "latest").read_text() == "step00000001"
+    meta = json.loads((run / "checkpoints" / "step00000001" / "meta.json").read_text())
+    assert meta["step"] == 1
