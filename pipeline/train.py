@@ -152,84 +152,91 @@ def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, A
         log.info("step %d: val %.4f bits/dim over %d images", step, r["bits_per_dim"], r["samples"])
         return r["bits_per_dim"]
 
-    batches = train_loader(stream, start=consumed)
-    engine.train()
-    val_bpd = math.nan
-    consecutive_bad = 0
-    t_start, step0 = time.time(), step
-    t_last, imgs_last = time.time(), 0
-    while step < cfg.train.max_steps:
-        t0 = time.time()
-        done = 0
-        loss_sum = 0.0
-        while done < accum:
-            x = next(batches).to(device)
-            consumed += 1
-            bpd = engine(x).mean()
-            # One small all-reduce: [non-finite anywhere?, loss sum, stop asked anywhere?]. Every rank
-            # then takes the same decision, so collectives never diverge.
-            flags = torch.tensor([float(not torch.isfinite(bpd).item()),
-                                  bpd.item() if torch.isfinite(bpd).item() else 0.0,
-                                  float(stop.signum is not None)], dtype=torch.float64)
-            dist.all_reduce(flags)
-            if flags[0] > 0:
-                nonfinite_total += 1
-                consecutive_bad += 1
-                log.warning("non-finite loss at step %d: micro-batch skipped (%d in a row)", step, consecutive_bad)
-                if consecutive_bad >= cfg.train.max_nonfinite_steps:
-                    save()
-                    tracker.finish({"error": "non-finite loss", "step": step}, status="FAILED")
-                    raise NonFiniteLossError(
-                        f"{consecutive_bad} consecutive non-finite losses at step {step} "
-                        f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); checkpoint saved")
-                continue
-            consecutive_bad = 0
-            engine.backward(bpd)
-            engine.step()
-            loss_sum += flags[1].item() / env.world_size
-            done += 1
-        step += 1
-        train_bpd = loss_sum / accum
-        imgs_last += cfg.train.global_batch_size
-        if env.is_main:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps({"step": step, "train_bits_per_dim": train_bpd, "hex": train_bpd.hex()}) + "\n")
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            dt = time.time() - t_last
-            rate = imgs_last / dt
-            eta = (cfg.train.max_steps - step) * (time.time() - t_start) / max(1, step - step0)
-            lr = engine.get_lr()[0]
-            values = {"train_bits_per_dim": train_bpd, "lr": lr, "images_per_s": rate,
-                      "device_hours": device_hours(),
-                      "step_time_s": time.time() - t0, "memory_mb": _memory_mb(device),
-                      "nonfinite_steps": nonfinite_total}
-            scale = getattr(engine.optimizer, "cur_scale", None)
-            if scale is not None:
-                values["loss_scale"] = float(scale)
-            tracker.metrics(values, step)
-            log.info("step %d/%d  train %.4f bits/dim  lr %.2e  %.1f images/s  ETA %.0f s",
-                     step, cfg.train.max_steps, train_bpd, lr, rate, eta)
-            t_last, imgs_last = time.time(), 0
-        if step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
-            val_bpd = run_eval()
-        if step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
-            save()
-        if flags[2] > 0:
-            save()
-            tracker.suspend()
-            raise StopRequested(f"stopped by signal at step {step}; checkpoint {ckpt_dir / ckpt.latest_tag(ckpt_dir)}")
+    try:
+        batches = train_loader(stream, start=consumed)
+        engine.train()
+        val_bpd = math.nan
+        consecutive_bad = 0
+        t_start, step0 = time.time(), step
+        train_s, imgs_last = 0.0, 0  # time spent in training steps since the last log line (not eval/saves)
+        while step < cfg.train.max_steps:
+            t0 = time.time()
+            done = 0
+            loss_sum = 0.0
+            while done < accum:
+                x = next(batches).to(device)
+                consumed += 1
+                bpd = engine(x).mean()
+                # One small all-reduce: [non-finite anywhere?, loss sum, stop asked anywhere?]. Every rank
+                # then takes the same decision, so collectives never diverge.
+                flags = torch.tensor([float(not torch.isfinite(bpd).item()),
+                                      bpd.item() if torch.isfinite(bpd).item() else 0.0,
+                                      float(stop.signum is not None)], dtype=torch.float64)
+                dist.all_reduce(flags)
+                if flags[0] > 0:
+                    nonfinite_total += 1
+                    consecutive_bad += 1
+                    log.warning("non-finite loss at step %d: micro-batch skipped (%d in a row)", step, consecutive_bad)
+                    if consecutive_bad >= cfg.train.max_nonfinite_steps:
+                        save()
+                        tracker.finish({"error": "non-finite loss", "step": step}, status="FAILED")
+                        raise NonFiniteLossError(
+                            f"{consecutive_bad} consecutive non-finite losses at step {step} "
+                            f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); checkpoint saved")
+                    continue
+                consecutive_bad = 0
+                engine.backward(bpd)
+                engine.step()
+                loss_sum += flags[1].item() / env.world_size
+                done += 1
+            step += 1
+            train_bpd = loss_sum / accum
+            imgs_last += cfg.train.global_batch_size
+            step_s = time.time() - t0
+            train_s += step_s
+            if env.is_main:
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps({"step": step, "train_bits_per_dim": train_bpd, "hex": train_bpd.hex()}) + "\n")
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                rate = imgs_last / train_s
+                eta = (cfg.train.max_steps - step) * (time.time() - t_start) / max(1, step - step0)
+                lr = engine.get_lr()[0]
+                values = {"train_bits_per_dim": train_bpd, "lr": lr, "images_per_s": rate,
+                          "device_hours": device_hours(),
+                          "step_time_s": step_s, "memory_mb": _memory_mb(device),
+                          "nonfinite_steps": nonfinite_total}
+                scale = getattr(engine.optimizer, "cur_scale", None)
+                if scale is not None:
+                    values["loss_scale"] = float(scale)
+                tracker.metrics(values, step)
+                log.info("step %d/%d  train %.4f bits/dim  lr %.2e  %.1f images/s  ETA %.0f s",
+                         step, cfg.train.max_steps, train_bpd, lr, rate, eta)
+                train_s, imgs_last = 0.0, 0
+            if step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
+                val_bpd = run_eval()
+            if step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
+                save()
+            if flags[2] > 0:
+                save()
+                tracker.suspend()
+                raise StopRequested(f"stopped by signal at step {step}; checkpoint {ckpt_dir / ckpt.latest_tag(ckpt_dir)}")
 
-    val_bpd = run_eval()
-    if tag is None or step > int(client["step"]):  # a resume with nothing left to train keeps its checkpoint
-        tag = save()
-    tag = tag.removesuffix(ckpt.UNIVERSAL)
-    summary = {"val_bits_per_dim": val_bpd, "steps": step, "checkpoint": str(ckpt_dir / tag),
-               "run_dir": str(run_dir), "mlflow_run_id": tracker.run_id, "world_size": env.world_size,
-               "nonfinite_steps": nonfinite_total}
-    if env.is_main:
-        atomic_write_text(run_dir / "final_metrics.json", json.dumps(summary, indent=2))
-    tracker.finish(summary)
-    return summary
+        val_bpd = run_eval()
+        if tag is None or step > int(client["step"]):  # a resume with nothing left to train keeps its checkpoint
+            tag = save()
+        tag = tag.removesuffix(ckpt.UNIVERSAL)
+        summary = {"val_bits_per_dim": val_bpd, "steps": step, "checkpoint": str(ckpt_dir / tag),
+                   "run_dir": str(run_dir), "mlflow_run_id": tracker.run_id, "world_size": env.world_size,
+                   "nonfinite_steps": nonfinite_total}
+        if env.is_main:
+            atomic_write_text(run_dir / "final_metrics.json", json.dumps(summary, indent=2))
+        tracker.finish(summary)
+        return summary
+    except (StopRequested, NonFiniteLossError):
+        raise  # their MLflow status is already set (suspended for a requeue, or failed with a reason)
+    except BaseException as e:
+        tracker.finish({"error": f"{type(e).__name__}: {e}", "step": step}, status="FAILED")
+        raise
 
 
 def _sample_grid(engine, model, cfg: ExperimentConfig, is_main: bool, path: Path, tracker: Tracker) -> None:
