@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install smoke test cluster cluster-stop bench
+.PHONY: install smoke test cluster cluster-stop browser bench
 
 install:
 	# torch 2.13.0 first: it is the CPU build on these machines; a bare `torch` pulls a CUDA build.
@@ -19,7 +19,12 @@ cluster:
 cluster-stop:
 	bash slurm/local-cluster.sh stop
 
-test: install cluster
+browser:
+	# Headless Chromium for the MLflow UI test: Debian's package, driven by playwright (never `playwright install`).
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "chromium could not be installed: the MLflow UI test will skip, saying so"
+
+test: install cluster browser
 	$(PYTHON) -m pytest
 
 bench: install
