@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -69,15 +69,47 @@ def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: 
     # ds_to_universal refuses checkpoints without this entry; it makes elastic resume possible.
     client_state = dict(client_state, **{UNIVERSAL_CHECKPOINT_INFO: {
         UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}})
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    torch.save({"torch": torch.get_rng_state()}, ckpt_dir / tag / f"rng_rank{rank}.pt")
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        torch.save({"torch": torch.get_rng_state()}, ckpt_dir / tag / f"rng_rank{rank}.pt")
+    except (OSError, RuntimeError) as e:
+        raise _write_error(ckpt_dir, tag, rank, e) from e
     dist.barrier()  # every rank's files are on disk before the checkpoint is declared complete
     if rank == 0:
-        atomic_write_text(ckpt_dir / tag / "meta.json", json.dumps(dict(meta, step=step, tag=tag), indent=2))
-        atomic_write_text(ckpt_dir / "latest", tag)
+        try:
+            atomic_write_text(ckpt_dir / tag / "meta.json", json.dumps(dict(meta, step=step, tag=tag), indent=2))
+            atomic_write_text(ckpt_dir / "latest", tag)
+        except OSError as e:
+            raise _write_error(ckpt_dir, tag, rank, e) from e
         _prune(ckpt_dir, keep_last, tag)
     dist.barrier()
     return tag
+
+
+def _write_error(ckpt_dir: Path, tag: str, rank: int, err: BaseException) -> CheckpointError:
+    """A failed checkpoint write, explained: torch.save reports a full disk only as "file write failed"."""
+    import errno
+    free = None
+    try:
+        free = shutil.disk_usage(ckpt_dir).free
+    except OSError:
+        pass
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC or (code is None and free is not None and free < 1 << 20):
+        why = f"no space left on device ({free} bytes free on the filesystem of {ckpt_dir})"
+    elif code == errno.EFBIG:
+        why = "file too large (the file-size limit, ulimit -f / RLIMIT_FSIZE, was reached)"
+    elif code == errno.EDQUOT:
+        why = "disk quota exceeded"
+    else:
+        why = "write failed"
+    try:
+        previous = (ckpt_dir / "latest").read_text().strip()
+    except OSError:
+        previous = None
+    kept = f"`latest` still names {previous}, which is intact" if previous else "no earlier checkpoint exists"
+    return CheckpointError(f"rank {rank}: writing checkpoint {ckpt_dir / tag} failed: {why}: "
+                           f"{type(err).__name__}: {err}; {kept}")
 
 
 def _prune(ckpt_dir: Path, keep_last: int, newest: str) -> None:

@@ -19,9 +19,10 @@ import io
 import json
 import logging
 import random
+import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -198,6 +199,14 @@ class TrainStream(torch.utils.data.IterableDataset):
             epoch += 1
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # SLURM signals every process of a job step (TERM on requeue or cancel, USR2 before a time-out). The
+    # rank decides when to stop and checkpoints first; its loader workers must not die before it does
+    # (they exit by themselves once their parent is gone).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def train_loader(stream: TrainStream, start: int = 0) -> Iterator[torch.Tensor]:
     """An endless iterator of uint8 [micro_batch, 3, H, W] batches beginning at data position `start`."""
     stream.start = start
@@ -205,7 +214,8 @@ def train_loader(stream: TrainStream, start: int = 0) -> Iterator[torch.Tensor]:
         # A single reader needs no subprocess; the stream is the same either way.
         return iter(stream)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=stream.workers,
-                                         prefetch_factor=4, persistent_workers=False)
+                                         prefetch_factor=4, persistent_workers=False,
+                                         worker_init_fn=_ignore_stop_signals)
     return iter(loader)
 
 

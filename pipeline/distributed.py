@@ -47,7 +47,7 @@ def resolve_device(requested: str) -> str:
 def _skip_shm_comm_build() -> None:
     # On CPU, DeepSpeed's first init_distributed JIT-compiles the shm all-reduce op (~50 s, and a failed
     # compile kills the run). Training never uses it (it only speeds up inference all-reduce), so skip it.
-    import deepspeed.comm.torch  # noqa: F401  (make sure the module is loaded)
+    import deepspeed.comm.torch  # noqa: F401  (loads the module the next line patches)
     module = sys.modules["deepspeed.comm.torch"]
     if hasattr(module, "build_shm_op"):
         module.build_shm_op = lambda: None

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import time
@@ -72,8 +73,49 @@ def _truncate_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(l + "\n" for l in keep))
 
 
+class LostRankError(RuntimeError):
+    """A collective operation failed because another rank died or stopped answering."""
+
+
+# What gloo / NCCL / the c10d store say when a peer is gone or silent (connection reset, closed pipe,
+# the collective timeout `train.dist_timeout_s`); our own errors are never taken for one.
+_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed? ?out|"
+                                 r"socket timeout|DistBackendError|DistNetworkError", re.I)
+
+
+def _lost_rank_error(err: BaseException, env, timeout_s: int) -> Optional[LostRankError]:
+    """The same failure, saying which rank was lost (exact for two ranks: the other one)."""
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.data import ShardError
+    if isinstance(err, (ShardError, CheckpointError, NonFiniteLossError, LostRankError)) or env.world_size < 2:
+        return None
+    if not (isinstance(err, getattr(dist, "DistError", ())) or _COLLECTIVE_FAILURE.search(str(err))):
+        return None
+    others = [r for r in range(env.world_size) if r != env.rank]
+    lost = (f"lost rank {others[0]}" if len(others) == 1 else
+            f"lost one of ranks {others} (the launcher's report names which: torchrun's 'Root Cause', "
+            f"SLURM's task exit)")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return LostRankError(f"rank {env.rank} of {env.world_size}: a collective operation failed: {lost} "
+                         f"(it died or did not answer within train.dist_timeout_s={timeout_s} s): "
+                         f"{type(err).__name__}: {first[:500]}; resume from the last checkpoint by "
+                         f"starting the job again")
+
+
 def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, Any]:
-    """Run (or resume) the experiment on this rank. Returns the final summary (same on every rank)."""
+    """Run (or resume) the experiment on this rank. Returns the final summary (same on every rank).
+    A rank lost mid-run fails the others within train.dist_timeout_s with a LostRankError naming it."""
+    try:
+        return _train(cfg, stop)
+    except RuntimeError as e:
+        lost = _lost_rank_error(e, dist_env(), cfg.train.dist_timeout_s)
+        if lost is None:
+            raise
+        log.error("%s", lost)
+        raise lost from e
+
+
+def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, Any]:
     env = dist_env()
     # One progress log per job: rank 0 says INFO, the others only warnings and errors.
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,

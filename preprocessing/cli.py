@@ -109,6 +109,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except PreprocessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a full output disk: say what and where, without a traceback
+        where = e.filename or getattr(args, "out", None) or getattr(args, "dir", "")
+        print(f"error: {e.strerror or e}: {where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

@@ -86,8 +86,12 @@ class PartWriter:
             "records_bytes": length, "sha256": self.hash.hexdigest()})
 
     def abort(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.file.close()  # may fail again on a full disk; the temporary file goes regardless
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def load_summaries(out: Path, size: int, split: str, num_blocks: int) -> Tuple[Dict[int, dict], List[int]]:

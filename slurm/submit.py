@@ -3,13 +3,16 @@
 Goes through SLURM (submitit) when a controller answers `scontrol ping`, else runs the same job locally
 through submitit's local executor with as many tasks as the config asks (`--local` forces that).
 The arguments are the training script's own (`pipeline.train.get_args_parser`) plus launch options.
+Training experiments (`kind: train`) run one task per GPU (slurm/launcher.py: time-outs checkpoint and
+requeue); preprocessing experiments (`kind: preprocess`) run a build array plus finalize
+(slurm/preprocess_job.py). Exit status: 0 done (or submitted), 1 the job failed, was cancelled or
+timed out, 2 bad config or arguments.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +24,8 @@ if str(REPO_ROOT) not in sys.path:  # `python slurm/submit.py` from a checkout, 
 
 from pipeline.config import (EXPERIMENTS_DIR, ConfigError, ExperimentConfig, get_args_parser,  # noqa: E402
                              load_config, to_yaml)
+from slurm import jobs  # noqa: E402
+from slurm.executors import make_executor, sbatch_script, slurm_available  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -34,11 +39,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--gpus-per-node", type=int, help="override slurm.gpus_per_node (one task per GPU)")
     p.add_argument("--partition", help="override slurm.partition")
     p.add_argument("--time", type=int, help="override slurm.timeout_min (minutes)")
+    p.add_argument("--cpus-per-task", type=int, help="override slurm.cpus_per_task")
+    p.add_argument("--mem-gb", type=int, help="override slurm.mem_gb")
+    p.add_argument("--account", help="override slurm.account")
+    p.add_argument("--qos", help="override slurm.qos")
+    p.add_argument("--constraint", help="override slurm.constraint")
     p.add_argument("--local", action="store_true", help="run here through submitit's local executor")
     p.add_argument("--dry-run", action="store_true", help="validate and print the sbatch script; submit nothing")
     p.add_argument("--follow", action="store_true", help="stream the rank-0 log until the job ends")
     p.add_argument("--list", action="store_true", help="list the experiments in configs/experiments/")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     if not args.list and not args.exp:
         p.error("--exp is required (or --list)")
     return args
@@ -53,20 +63,12 @@ def list_experiments() -> str:
     return "\n".join(lines)
 
 
-def slurm_available() -> bool:
-    """A controller answers. (submitit's AutoExecutor picks SLURM whenever srun exists, even with it down.)"""
-    if shutil.which("scontrol") is None:
-        return False
-    try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and "UP" in out.stdout
-
-
 def resource_overrides(args: argparse.Namespace) -> List[str]:
+    """Launch options as `slurm.*` overrides, applied after the experiment's own."""
     pairs = [("slurm.nodes", args.nodes), ("slurm.gpus_per_node", args.gpus_per_node),
-             ("slurm.partition", args.partition), ("slurm.timeout_min", args.time)]
+             ("slurm.partition", args.partition), ("slurm.timeout_min", args.time),
+             ("slurm.cpus_per_task", args.cpus_per_task), ("slurm.mem_gb", args.mem_gb),
+             ("slurm.account", args.account), ("slurm.qos", args.qos), ("slurm.constraint", args.constraint)]
     return [f"{k}={v}" for k, v in pairs if v is not None]
 
 
@@ -110,50 +112,62 @@ def prepare_data(cfg: ExperimentConfig) -> None:
         print(f"prepared synthetic {split} shards in {root / str(size)}")
 
 
-def make_executor(cfg: ExperimentConfig, local: bool, folder: Path):
-    import submitit
-    s = cfg.slurm
-    tasks = s.tasks_per_node or s.gpus_per_node or 1
-    if local:
-        ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(nodes=1, tasks_per_node=tasks * s.nodes, timeout_min=s.timeout_min,
-                             gpus_per_node=s.gpus_per_node * s.nodes if s.gpus_per_node else 0)
-        return ex
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_num_timeout)
-    params = dict(name=cfg.name, nodes=s.nodes, tasks_per_node=tasks, cpus_per_task=s.cpus_per_task,
-                  timeout_min=s.timeout_min, slurm_signal_delay_s=s.signal_delay_s,
-                  slurm_additional_parameters=dict(s.additional))
-    if s.gpus_per_node:
-        params["gpus_per_node"] = s.gpus_per_node
-    if s.mem_gb:
-        params["mem_gb"] = s.mem_gb
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(s, key):
-            params[f"slurm_{key}"] = getattr(s, key)
-    ex.update_parameters(**params)
-    return ex
 
 
-def sbatch_script(executor) -> str:
-    """The script submitit would hand to sbatch (for --dry-run)."""
-    inner = executor._executor
-    return inner._make_submission_file_text("<python -m submitit.core._submit FOLDER>", "DRY-RUN")
+def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow: bool) -> int:
+    """Submit `Trainer(cfg)`; locally (or with follow) wait for it and report how it ended."""
+    executor = make_executor(cfg, not use_slurm, folder)
+    prepare_data(cfg)
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking.tracking_uri
+    from slurm.launcher import Trainer
+    job = executor.submit(Trainer(cfg))
+    where = "SLURM" if use_slurm else "local executor"
+    run_dir = Path(cfg.output_dir)
+    print(f"submitted {cfg.name} as job {job.job_id} ({where}, {cfg.ranks()} task(s))")
+    print(f"  logs:        {job.paths.stdout} / {job.paths.stderr}  (rank 0; other ranks beside them)")
+    print(f"  checkpoints: {run_dir / 'checkpoints'}  (resumes from 'latest' when present)")
+    print(f"  MLflow:      {mlflow_run_text(run_dir)} in experiment '{cfg.tracking.experiment}', "
+          f"store {cfg.tracking.tracking_uri}")
+    if use_slurm and not follow:
+        print(f"  follow:      tail -f {job.paths.stderr}   cancel: scancel {job.job_id}")
+        return 0
+    # Local jobs live as long as this process: wait for them. SLURM jobs only with --follow.
+    if follow:
+        jobs.follow([job], [job.paths.stdout, job.paths.stderr])
+    else:
+        jobs.wait([job])
+    return report_training(job, cfg)
 
 
-def follow(job, poll_s: float = 2.0) -> None:
-    """Print the rank-0 log as it grows until the job ends."""
-    printed = {"out": 0, "err": 0}
-    while True:
-        done = job.done()
-        for kind, path in (("out", job.paths.stdout), ("err", job.paths.stderr)):
-            if path.exists():
-                text = path.read_text(errors="replace")
-                sys.stdout.write(text[printed[kind]:])
-                printed[kind] = len(text)
-        sys.stdout.flush()
-        if done:
-            return
-        time.sleep(poll_s)
+def mlflow_run_text(run_dir: Path) -> str:
+    """The MLflow run id once rank 0 has opened it (`<run_dir>/mlflow_run_id`, kept across requeues)."""
+    id_file = run_dir / "mlflow_run_id"
+    if id_file.exists():
+        return f"run {id_file.read_text().strip()} (continued)"
+    return f"run id will be written to {id_file}"
+
+
+def report_training(job, cfg: ExperimentConfig) -> int:
+    """Print the final summary, or a clear message (and status 1) for a failed/cancelled/timed-out job."""
+    out = jobs.outcome(job)
+    if not out.ok:
+        print(f"error: {jobs.describe_failure(job, out)}", file=sys.stderr)
+        return 1
+    summary = out.results[0]
+    print(f"job {job.job_id} finished: validation {summary['val_bits_per_dim']:.4f} bits/dim after "
+          f"{summary['steps']} steps")
+    print(f"  checkpoint:  {summary['checkpoint']}")
+    print(f"  MLflow run:  {summary['mlflow_run_id']} (experiment '{cfg.tracking.experiment}')")
+    store = cfg.tracking.tracking_uri
+    print(f"  open the UI: mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
+    return 0
+
+
+def dry_run_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path) -> str:
+    executor = make_executor(cfg, not use_slurm, folder)
+    if use_slurm:
+        return sbatch_script(executor)
+    return f"# no SLURM controller answers: would run locally with {cfg.ranks()} task(s)\n{to_yaml(cfg)}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -163,47 +177,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         cfg = load_config(args.exp, args.overrides + resource_overrides(args))
+        use_slurm = not args.local and slurm_available()
+        if cfg.kind == "preprocess":
+            from slurm import preprocess_job
+            preprocess_job.check_inputs(cfg)
+            preprocess_job.absolutize(cfg)
+            folder = cfg.run_dir.resolve() / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+            if args.dry_run:
+                print(preprocess_job.dry_run(cfg, use_slurm, folder))
+                return 0
+            return preprocess_job.submit(cfg, use_slurm, folder, args.follow)
+        absolutize(cfg)
+        folder = Path(cfg.output_dir) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+        if args.dry_run:
+            print(dry_run_training(cfg, use_slurm, folder))
+            return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    use_slurm = not args.local and slurm_available()
-    absolutize(cfg)
-    folder = Path(cfg.output_dir) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
-    executor = make_executor(cfg, not use_slurm, folder)
-    if args.dry_run:
-        if use_slurm or hasattr(executor, "_executor"):
-            print(sbatch_script(executor))
-        else:
-            print(f"# no SLURM controller answers: would run locally with {cfg.ranks()} task(s)\n{to_yaml(cfg)}")
-        return 0
-    prepare_data(cfg)
-    os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking.tracking_uri
-    from slurm.launcher import Trainer
-    job = executor.submit(Trainer(cfg))
-    where = "SLURM" if use_slurm else "local executor"
-    print(f"submitted {cfg.name} as job {job.job_id} ({where}, {cfg.ranks()} task(s))")
-    print(f"  logs:        {job.paths.stdout} / {job.paths.stderr}")
-    print(f"  checkpoints: {Path(cfg.output_dir) / 'checkpoints'}")
-    print(f"  MLflow:      experiment '{cfg.tracking.experiment}' in {cfg.tracking.tracking_uri}"
-          f" (run id in {Path(cfg.output_dir) / 'mlflow_run_id'})")
-    if not (args.follow or not use_slurm):
-        return 0
-    # Local jobs live as long as this process: wait for them. SLURM jobs only with --follow.
-    if args.follow:
-        follow(job)
-    try:
-        results = job.results()
-    except Exception as e:  # submitit wraps the job's exception; its log tells the rest
-        print(f"job {job.job_id} failed ({job.state}): {e}\n  see {job.paths.stderr}", file=sys.stderr)
-        return 1
-    summary = results[0]
-    print(f"job {job.job_id} finished: validation {summary['val_bits_per_dim']:.4f} bits/dim after "
-          f"{summary['steps']} steps")
-    print(f"  checkpoint:  {summary['checkpoint']}")
-    print(f"  MLflow run:  {summary['mlflow_run_id']} (experiment '{cfg.tracking.experiment}')")
-    store = cfg.tracking.tracking_uri
-    print(f"  open the UI: mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
-    return 0
+    return submit_training(cfg, use_slurm, folder, args.follow)
 
 
 if __name__ == "__main__":

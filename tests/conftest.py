@@ -1,26 +1,13 @@
-"""Shared fixtures: a small shard set made by the real preprocessing code, and 2-rank launches."""
+"""Shared fixtures: a small shard set made by the real preprocessing code, and the local SLURM cluster."""
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `launch`, whatever the import mode
 
 
 @pytest.fixture(scope="session")
@@ -31,50 +18,6 @@ def smoke_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("smoke_data")
     prepare_data(load_config("smoke", [f"data.root={root}"]))
     return root
-
-
-def metrics(run_dir: Path) -> List[Dict]:
-    """Per-step training records of rank 0 (`metrics.jsonl`)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
-
-
-def train_2ranks(run_dir: Path, data: Path, overrides: List[str], kill_after_step: Optional[int] = None,
-                 sig: int = signal.SIGKILL, timeout: float = 300, nproc: int = 2,
-                 program: Optional[List[str]] = None) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 -m pipeline.train --exp smoke ...` (or `program`, with `nproc` ranks);
-    optionally send `sig` once rank 0 has recorded `kill_after_step` steps: SIGKILL to the whole process
-    group, other signals to the ranks. Returns the finished process with its combined output."""
-    program = program or ["-m", "pipeline.train", "--exp", "smoke"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), *program,
-           f"output_dir={run_dir}", f"data.root={data}", "data.prepare=none",
-           f"tracking.tracking_uri=sqlite:///{Path(run_dir).parent / (Path(run_dir).name + '.db')}", *overrides]
-    log = open(Path(str(run_dir) + ".log"), "ab")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + timeout
-    if kill_after_step is not None:
-        while proc.poll() is None and time.time() < deadline:
-            if len(metrics(run_dir)) >= kill_after_step:
-                if sig == signal.SIGKILL:
-                    os.killpg(proc.pid, sig)      # everything: agent and both ranks, no clean-up
-                else:
-                    for child in _children(proc.pid):  # the ranks, as SLURM would signal the tasks
-                        os.kill(child, sig)
-                break
-            time.sleep(0.05)
-    try:
-        proc.wait(timeout=max(1, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"training did not finish in {timeout} s; see {run_dir}.log")
-    log.close()
-    return subprocess.CompletedProcess(cmd, proc.returncode, Path(str(run_dir) + ".log").read_text(errors="replace"))
-
-
-def _children(pid: int) -> List[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
 
 
 @pytest.fixture(scope="session")

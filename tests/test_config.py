@@ -10,7 +10,7 @@ import pytest
 from pipeline.config import EXPERIMENTS_DIR, ConfigError, flatten, from_yaml_text, load_config, to_yaml
 from pipeline.ds_config import deepspeed_config
 
-from conftest import REPO
+from launch import REPO
 
 ALL_EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
@@ -90,3 +90,9 @@ def test_bad_override_fails_fast_from_the_command_line():
     assert out.returncode == 2
     assert "model.nonexistent" in out.stderr
     assert elapsed < 2.0, f"took {elapsed:.2f} s"
+
+
+def test_model_names_known_to_the_config_are_the_registry():
+    from pipeline.config import CHOICES
+    from pipeline.models import MODELS
+    assert set(CHOICES["model.name"]) == set(MODELS)

@@ -7,7 +7,7 @@ import json
 import mlflow
 import pytest
 
-from conftest import metrics, train_2ranks
+from launch import metrics, train_2ranks
 
 CASES = {
     # name: (ranks before, ranks after, overrides)
@@ -46,7 +46,7 @@ def test_weights_and_optimizer_state_load_exactly_at_the_new_world_size(elastic)
 
 def test_training_continues_from_the_checkpoint(elastic):
     before, after, run, _, log = elastic
-    assert f"at step 10 (data position" in log and f"world size {before} -> {after}" in log
+    assert "at step 10 (data position" in log and f"world size {before} -> {after}" in log
     steps = [m["step"] for m in metrics(run)]
     assert steps == list(range(1, 14))
     assert all(0 < m["train_bits_per_dim"] < 8.5 for m in metrics(run))

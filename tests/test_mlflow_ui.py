@@ -21,7 +21,7 @@ from typing import Dict, List
 import mlflow
 import pytest
 
-from conftest import free_port
+from launch import free_port
 from test_report import make_smoke_store
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

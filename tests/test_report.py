@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO
+from launch import REPO
 from pipeline import report
 
 SMOKE_RUNS = {  # run name -> overrides; both 10 steps, evaluated at 5 and 10

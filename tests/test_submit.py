@@ -2,15 +2,13 @@
 local executor, plus --list and --dry-run."""
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
 
 import mlflow
-import pytest
 
-from conftest import REPO
+from launch import REPO
 
 
 def submit(*args, timeout=600):

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.export import consolidated_state
 
-from conftest import REPO, metrics, train_2ranks
+from launch import REPO, metrics, train_2ranks
 
 Z2 = ["train.max_steps=30", "train.eval_every=15", "checkpoint.every=10", "train.log_every=5",
       "train.sample_every_eval=4", "train.precision=bf16", "train.zero_stage=2", "optim.name=rmsprop"]

@@ -1,0 +1,92 @@
+"""submitit executors built from an experiment's `slurm:` section (SLURM, or the local executor).
+
+Every resource comes from the config (and its `dotted.key=value` / command-line overrides); nothing
+here builds a shell string: submitit writes the sbatch script and runs `sbatch` with an argument list.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from pipeline.config import ConfigError, ExperimentConfig
+
+
+def slurm_available() -> bool:
+    """A controller answers. (submitit's AutoExecutor picks SLURM whenever srun exists, even with it down.)"""
+    if shutil.which("scontrol") is None:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "UP" in out.stdout
+
+
+def tasks_per_node(cfg: ExperimentConfig) -> int:
+    """One task per GPU; on CPU-only nodes (`gpus_per_node: 0`) `tasks_per_node` (default 1)."""
+    s = cfg.slurm
+    if s.gpus_per_node and s.tasks_per_node and s.tasks_per_node != s.gpus_per_node:
+        raise ConfigError(f"'slurm.tasks_per_node' ({s.tasks_per_node}) differs from 'slurm.gpus_per_node' "
+                          f"({s.gpus_per_node}): training runs one task per GPU; leave tasks_per_node at 0")
+    return s.tasks_per_node or s.gpus_per_node or 1
+
+
+def slurm_parameters(cfg: ExperimentConfig, *, nodes: int, tasks: int, gpus_per_node: int,
+                     name: Optional[str] = None) -> Dict[str, Any]:
+    """submitit's `update_parameters` for SLURM: the config's resources, for `nodes` x `tasks`."""
+    s = cfg.slurm
+    params: Dict[str, Any] = dict(name=name or cfg.name, nodes=nodes, tasks_per_node=tasks,
+                                  cpus_per_task=s.cpus_per_task, timeout_min=s.timeout_min,
+                                  slurm_signal_delay_s=s.signal_delay_s,
+                                  slurm_additional_parameters=dict(s.additional))
+    if gpus_per_node:
+        params["gpus_per_node"] = gpus_per_node
+    if s.mem_gb:
+        params["mem_gb"] = s.mem_gb
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(s, key):
+            params[f"slurm_{key}"] = getattr(s, key)
+    return params
+
+
+def make_executor(cfg: ExperimentConfig, local: bool, folder: Path):
+    """The training job's executor: nodes x (one task per GPU)."""
+    import submitit
+    s = cfg.slurm
+    tasks = tasks_per_node(cfg)
+    if local:
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(nodes=1, tasks_per_node=tasks * s.nodes, timeout_min=s.timeout_min,
+                             gpus_per_node=s.gpus_per_node * s.nodes if s.gpus_per_node else 0)
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_num_timeout)
+    ex.update_parameters(**slurm_parameters(cfg, nodes=s.nodes, tasks=tasks, gpus_per_node=s.gpus_per_node))
+    return ex
+
+
+def make_single_task_executor(cfg: ExperimentConfig, local: bool, folder: Path, name: str, **extra: Any):
+    """One task, no GPU (preprocessing): the config's CPUs, memory, time, partition, account, ..."""
+    import submitit
+    if local:
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(nodes=1, tasks_per_node=1, timeout_min=cfg.slurm.timeout_min)
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.slurm.max_num_timeout)
+    params = slurm_parameters(cfg, nodes=1, tasks=1, gpus_per_node=0, name=name)
+    params["slurm_additional_parameters"].update(extra.pop("additional", {}))
+    params.update(extra)
+    ex.update_parameters(**params)
+    return ex
+
+
+def sbatch_script(executor, array_size: Optional[int] = None) -> str:
+    """The script submitit would hand to sbatch (for --dry-run); `array_size` for a job array."""
+    from submitit.slurm.slurm import _make_sbatch_string
+    inner = executor._executor
+    params = dict(inner.parameters)
+    if array_size:
+        params["map_count"] = array_size
+    return _make_sbatch_string(command="<python -u -m submitit.core._submit FOLDER>", folder=inner.folder,
+                               **params)

@@ -1,0 +1,73 @@
+"""Helpers shared by the test modules: 2-rank launches that can be killed, and the run's metrics.
+(A uniquely named module: `from conftest import ...` would find whichever conftest came first on sys.path.)"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metrics(run_dir: Path) -> List[Dict]:
+    """Per-step training records of rank 0 (`metrics.jsonl`); a line being appended right now is left out."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+def train_2ranks(run_dir: Path, data: Path, overrides: List[str], kill_after_step: Optional[int] = None,
+                 sig: int = signal.SIGKILL, timeout: float = 300, nproc: int = 2,
+                 program: Optional[List[str]] = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m pipeline.train --exp smoke ...` (or `program`, with `nproc` ranks);
+    optionally send `sig` once rank 0 has recorded `kill_after_step` steps: SIGKILL to the whole process
+    group, other signals to the ranks. Returns the finished process with its combined output."""
+    program = program or ["-m", "pipeline.train", "--exp", "smoke"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), *program,
+           f"output_dir={run_dir}", f"data.root={data}", "data.prepare=none",
+           f"tracking.tracking_uri=sqlite:///{Path(run_dir).parent / (Path(run_dir).name + '.db')}", *overrides]
+    log = open(Path(str(run_dir) + ".log"), "ab")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + timeout
+    if kill_after_step is not None:
+        while proc.poll() is None and time.time() < deadline:
+            if len(metrics(run_dir)) >= kill_after_step:
+                if sig == signal.SIGKILL:
+                    os.killpg(proc.pid, sig)      # everything: agent and both ranks, no clean-up
+                else:
+                    for child in _children(proc.pid):  # the ranks, as SLURM would signal the tasks
+                        os.kill(child, sig)
+                break
+            time.sleep(0.05)
+    try:
+        proc.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"training did not finish in {timeout} s; see {run_dir}.log")
+    log.close()
+    return subprocess.CompletedProcess(cmd, proc.returncode, Path(str(run_dir) + ".log").read_text(errors="replace"))
+
+
+def _children(pid: int) -> List[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
