@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import tempfile
 import os
 import signal
 import socket
@@ -15,6 +17,22 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def mlflow_store(db: Path) -> str:
+    """The URI of a real MLflow SQLite store at `db`, copied from an empty store migrated once per machine:
+    creating and migrating a store costs ~5 s, and the suite makes a dozen of them."""
+    import mlflow
+    template = Path(tempfile.gettempdir()) / f"pixelrnn-tests-mlflow-{mlflow.__version__}.db"
+    if not template.exists():
+        tmp = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # creates and migrates
+        os.replace(tmp, template)
+    db = Path(db)
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template, db)
+    return f"sqlite:///{db}"
 
 
 def free_port() -> int:
@@ -45,7 +63,8 @@ def train_2ranks(run_dir: Path, data: Path, overrides: List[str], kill_after_ste
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
            "127.0.0.1", "--master_port", str(free_port()), *program,
            f"output_dir={run_dir}", f"data.root={data}", "data.prepare=none",
-           f"tracking.tracking_uri=sqlite:///{Path(run_dir).parent / (Path(run_dir).name + '.db')}", *overrides]
+           f"tracking.tracking_uri={mlflow_store(Path(run_dir).parent / (Path(run_dir).name + '.db'))}",
+           *overrides]
     log = open(Path(str(run_dir) + ".log"), "ab")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + timeout

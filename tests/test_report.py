@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 
-from launch import REPO
+from launch import REPO, mlflow_store
 from pipeline import report
 
 SMOKE_RUNS = {  # run name -> overrides; both 10 steps, evaluated at 5 and 10
@@ -35,7 +35,7 @@ def make_smoke_store(base: Path, data: Path) -> Path:
     if base in _STORES:
         return _STORES[base]
     base.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{base / 'mlflow.db'}"
+    uri = mlflow_store(base / "mlflow.db")
     # Create the store and the experiment first, with its artifacts in the temp folder (not ./mlruns).
     client = mlflow.MlflowClient(tracking_uri=uri)
     client.create_experiment("smoke", artifact_location=(base / "artifacts").as_uri())

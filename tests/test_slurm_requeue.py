@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mlflow
 
-from launch import REPO, metrics, train_2ranks
+from launch import REPO, metrics, mlflow_store, train_2ranks
 
 # Only the final evaluation and checkpoint: steps are then ~16/s on 2 cores, and the result depends
 # on nothing but the training itself.
@@ -26,7 +26,7 @@ FAST = ["train.eval_every=100000", "checkpoint.every=100000", "train.sample_ever
 
 def _submit_cmd(tmp_path: Path, data: Path, *extra: str):
     return [sys.executable, "slurm/submit.py", "--exp", "smoke", f"output_dir={tmp_path / 'run'}",
-            f"data.root={data}", "data.prepare=none", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"data.root={data}", "data.prepare=none", f"tracking.tracking_uri={mlflow_store(tmp_path / 'mlflow.db')}",
             *extra]
 
 

@@ -8,7 +8,7 @@ import sys
 
 import mlflow
 
-from launch import REPO
+from launch import REPO, mlflow_store
 
 
 def submit(*args, timeout=600):
@@ -18,7 +18,7 @@ def submit(*args, timeout=600):
 
 def smoke_args(tmp_path, data):
     return ["--exp", "smoke", f"output_dir={tmp_path / 'run'}", f"data.root={data}",
-            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+            f"tracking.tracking_uri={mlflow_store(tmp_path / 'mlflow.db')}"]
 
 
 def assert_smoke_result(out, tmp_path):

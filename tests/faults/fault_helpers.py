@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from launch import REPO, free_port, metrics  # noqa: F401  (tests/ is on sys.path: see tests/conftest.py)
+from launch import REPO, free_port, metrics, mlflow_store  # noqa: F401  (tests/ is on sys.path: see tests/conftest.py)
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -41,7 +41,7 @@ def sha256_tree(folder: Path) -> Dict[str, str]:
 def train_args(run_dir: Path, data: Path, overrides: List[str]) -> List[str]:
     db = Path(run_dir).parent / "mlflow.db"  # one store per folder: creating one costs ~7 s
     return ["-m", "pipeline.train", "--exp", "smoke", f"output_dir={run_dir}", f"data.root={data}",
-            "data.prepare=none", f"tracking.tracking_uri=sqlite:///{db}", *overrides]
+            "data.prepare=none", f"tracking.tracking_uri={mlflow_store(db)}", *overrides]
 
 
 class Launch:
