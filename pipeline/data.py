@@ -158,11 +158,14 @@ class TrainStream(torch.utils.data.IterableDataset):
         handler = _raising_handler if self.on_corrupt == "error" else _skipping_handler
         rng = random.Random(f"{self.seed}/{epoch}/{slot}")
 
+        # Only the image and the label are read from the tar (the json metadata is not needed here).
+        read = wds.tarfile_to_samples(handler=handler, select_files=lambda f: f.endswith((".png", ".cls")))
+
         def samples():
-            yield from wds.tarfile_to_samples(handler=handler)(iter(urls))
+            yield from read(iter(urls))
             # Only skipped (corrupt) samples can leave a share short of its batches: then cycle it.
             while self.on_corrupt == "skip":
-                yield from wds.tarfile_to_samples(handler=handler)(iter(urls))
+                yield from read(iter(urls))
 
         stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples())
         # Skip what an earlier run consumed before decoding anything (resume is cheap).
