@@ -58,9 +58,12 @@ def test_recurrent_layers_use_the_cell(layer_cls):
         blocks.copy_(torch.tensor([40.0, -40.0, 40.0, -1.0], dtype=torch.float64)[None, :, None])
     v = torch.randn(1, 2 * h, 4, 4, dtype=torch.float64)
     hval = torch.full((1, h, 4, 4), math.tanh(math.tanh(-1.0)), dtype=torch.float64)
-    if layer_cls is DiagonalBiLSTMLayer:  # both directions, right-to-left shifted down a row
-        hval[:, :, 1:] *= 2
-    torch.testing.assert_close(layer(v), v + layer.state_to_output(hval))
+    if layer_cls is DiagonalBiLSTMLayer:  # both directions, right-to-left shifted down a row;
+        hval[:, :, 1:] *= 2                 # its 1x1 convs are channels-last MaskedLinear
+        expected = v + layer.state_to_output(hval.movedim(1, -1)).movedim(-1, 1)
+    else:
+        expected = v + layer.state_to_output(hval)
+    torch.testing.assert_close(layer(v), expected)
 
 
 @pytest.mark.parametrize("name", ALL)

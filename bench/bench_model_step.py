@@ -1,0 +1,118 @@
+"""Training-step throughput: Diagonal BiLSTM and Row LSTM vs a PixelCNN of the same width.
+
+Times forward + backward of `model.bits_per_dim(x).mean()` (the training loss) at 32x32,
+counts the step's FLOPs analytically (functions below), and reports achieved FLOP/s, also
+relative to this machine's measured dense matmul FLOP/s. Target: the Diagonal BiLSTM
+achieves >= 0.5 of the PixelCNN's FLOP/s. Prints the ratio last.
+
+    python bench/bench_model_step.py            # 12 layers, h=128, batch 8 (a few minutes)
+    python bench/bench_model_step.py --quick    # tiny sizes, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.models import build_model, count_parameters  # noqa: E402
+
+# ---- analytic FLOPs: 2 per multiply-add, convs counted dense (masked taps are computed),
+# ---- elementwise ops ignored; per image, forward only. Backward = 2x forward.
+
+
+def flops_common(n: int, h: int, out_maps: int, first: int = 7) -> int:
+    """7x7 mask-A input conv (3 -> 2h) and the output head (2h -> out_maps -> 3*256)."""
+    return 2 * n * n * (3 * first * first * 2 * h + 2 * h * out_maps + out_maps * 768)
+
+
+def flops_pixelcnn(n: int, layers: int, h: int, out_maps: int = 1024, k: int = 3) -> int:
+    """Residual blocks: 1x1 2h->h, kxk h->h, 1x1 h->2h."""
+    return flops_common(n, h, out_maps) + layers * 2 * n * n * (2 * h * h + k * k * h * h + h * 2 * h)
+
+
+def flops_row_lstm(n: int, layers: int, h: int, out_maps: int = 1024, k: int = 3) -> int:
+    """Input-to-state 1 x k 2h->4h, state-to-state k-wide h->4h, residual 1x1 h->2h."""
+    return flops_common(n, h, out_maps) + layers * 2 * n * n * (2 * h * k * 4 * h + h * k * 4 * h + h * 2 * h)
+
+
+def flops_diagonal_bilstm(n: int, layers: int, h: int, out_maps: int = 1024) -> int:
+    """Per direction: input-to-state 1x1 2h->4h, state-to-state 2x1 h->4h (valid cells only,
+    as implemented); residual 1x1 h->2h."""
+    per_pixel = 2 * (2 * h * 4 * h) + 2 * (2 * h * 4 * h) + h * 2 * h
+    return flops_common(n, h, out_maps) + layers * 2 * n * n * per_pixel
+
+
+FLOPS: Dict[str, Callable[..., int]] = {
+    "pixelcnn": flops_pixelcnn, "row_lstm": flops_row_lstm, "diagonal_bilstm": flops_diagonal_bilstm}
+
+
+def matmul_flops(size: int = 1024, repeats: int = 10) -> float:
+    """Best-of-`repeats` float32 dense matmul FLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size ** 3 / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.layers, args.hidden, args.batch, args.repeats = 8, 2, 16, 2, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    n, layers, h, bsz = args.size, args.layers, args.hidden, args.batch
+    print(f"# {n}x{n}, {layers} layers, h={h}, batch {bsz}, float32, {torch.get_num_threads()} threads")
+    peak = matmul_flops()
+    print(f"machine: dense 1024^3 matmul {peak / 1e9:.1f} GFLOP/s")
+
+    names = ["pixelcnn", "row_lstm", "diagonal_bilstm"]
+    models = {k: build_model(k, image_size=n, layers=layers, hidden=h) for k in names}
+    x = torch.randint(0, 256, (bsz, 3, n, n), dtype=torch.uint8)
+
+    def step(m: torch.nn.Module) -> None:
+        m.zero_grad(set_to_none=True)
+        m.bits_per_dim(x).mean().backward()
+
+    for m in models.values():  # warm-up
+        step(m)
+    best = {k: float("inf") for k in names}
+    for _ in range(args.repeats):  # interleaved, so background load hits all models alike
+        for k, m in models.items():
+            best[k] = min(best[k], _timed(lambda: step(m)))
+
+    rate = {}
+    print(f"{'model':16s} {'params':>10s} {'GFLOP/step':>11s} {'s/step':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}")
+    for k in names:
+        flops = 3 * bsz * FLOPS[k](n, layers, h)  # forward + backward (2x)
+        rate[k] = flops / best[k]
+        print(f"{k:16s} {count_parameters(models[k]):>10,d} {flops / 1e9:>11.1f} {best[k]:>8.3f} "
+              f"{rate[k] / 1e9:>8.1f} {rate[k] / peak:>9.2f}")
+    print(f"row_lstm / pixelcnn achieved FLOP/s: {rate['row_lstm'] / rate['pixelcnn']:.2f}")
+    print(f"diagonal_bilstm / pixelcnn step time: {best['diagonal_bilstm'] / best['pixelcnn']:.2f}x")
+    print(f"diagonal_bilstm / pixelcnn achieved FLOP/s: {rate['diagonal_bilstm'] / rate['pixelcnn']:.2f} "
+          f"(target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

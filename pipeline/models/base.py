@@ -1,0 +1,219 @@
+"""Shared pieces of every PixelRNN-family model (van den Oord et al. 2016, arXiv 1601.06759).
+
+`PixelRNNBase` owns what all architectures share: the 7x7 mask-A input layer, the output
+head (two ReLU + 1x1 mask-B layers, then 3 x 256 logits, Section 3.4 / Table 4), the
+discrete NLL in bits per sub-pixel, and both samplers:
+
+* plain: re-runs the whole network once per sub-pixel (3 n^2 forward passes);
+* incremental (default): every layer keeps a cache of its maps/states, and producing one
+  more sub-pixel runs each layer at that single pixel only (see each layer's `step`).
+
+Both samplers draw ALL uniforms up front ([N, 3, H, W], float64, one `torch.rand` call) and
+pick a value by inverse CDF over float64 probabilities, so for the same generator they
+consume it identically and return identical images (up to float rounding ties).
+
+Subclasses build `self.layers`: modules with
+    forward(v, cond) -> v'                       (whole map, [B, 2h, H, W])
+    init_cache(batch, height, width, cond) -> dict
+    step(cache, v, i, j) -> v'                   (pixel (i, j) only, [B, 2h])
+    end_row(cache, i) -> None                    (row i complete in every layer's input)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .masks import MaskedConv2d, color_groups
+
+LOG2 = math.log(2.0)
+
+
+def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """LSTM update from pre-activations [o, f, i, g] stacked along `dim` (paper eq. 3).
+
+    o, f, i use the sigmoid; the cell input g uses tanh. Returns (h, c) with
+    c = f * c_prev + i * g and h = o * tanh(c).
+    """
+    o, f, i, g = gates.chunk(4, dim)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def scale_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Integer pixels 0..255 -> [-1, 1] in `dtype` (the paper only scales/centres inputs)."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    return (x.to(work) * (2.0 / 255.0) - 1.0).to(dtype)
+
+
+def nll_bits(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Total NLL in bits per image [B] of integer image x [B, 3, H, W] under logits [B, 256, 3, H, W].
+
+    Computed in float32 (float64 if the logits are float64) whatever the model dtype.
+    """
+    work = torch.promote_types(logits.dtype, torch.float32)
+    nats = F.cross_entropy(logits.to(work), x.long(), reduction="none")  # [B, 3, H, W]
+    return nats.flatten(1).sum(1) / LOG2
+
+
+def pick(logits: torch.Tensor, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF draw from logits [B, 256] with uniforms u [B] in [0, 1).
+
+    Returns (values [B] long, log-probabilities [B] float64 in nats). Probabilities are
+    cumsummed in float64 so that both samplers map the same uniform to the same value.
+    """
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    cdf = logp.exp().cumsum(-1)
+    v = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1).clamp_(max=255)
+    return v, logp.gather(1, v[:, None]).squeeze(1)
+
+
+def draw_uniforms(n: int, shape: Tuple[int, ...], generator: Optional[torch.Generator],
+                  device: torch.device) -> torch.Tensor:
+    """All uniforms of one sampling run, [n, *shape] float64, in a single generator call."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand((n, *shape), generator=generator, dtype=torch.float64, device=gen_device).to(device)
+
+
+class PixelRNNBase(nn.Module):
+    """Input layer, layer stack, output head, bits/dim and samplers (see module docstring)."""
+
+    name: str = "base"
+
+    def __init__(self, image_size: int, hidden: int, out_maps: int = 1024, skip: bool = True,
+                 input_kernel: int = 7):
+        super().__init__()
+        self.image_size, self.hidden, self.skip = image_size, hidden, skip
+        self.config: Dict[str, Any] = {}
+        h2 = 2 * hidden
+        # Section 3.4: only the first layer uses mask A (3 input channels = R, G, B groups).
+        self.input_conv = MaskedConv2d(3, h2, input_kernel, "A")
+        logit_groups = torch.arange(3 * 256) // 256  # logits are colour-major: [R x256, G x256, B x256]
+        self.output = nn.Sequential(
+            nn.ReLU(), MaskedConv2d(h2, out_maps, 1, "B"),
+            nn.ReLU(), MaskedConv2d(out_maps, 3 * 256, 1, "B", out_groups=logit_groups),
+        )
+        self.layers = nn.ModuleList()
+
+    # ------------------------------------------------------------------ training
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return self.input_conv.weight.dtype
+
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Integer images [B, 3, H, W] -> logits [B, 256, 3, H, W] (cond: [B, c, H, W] or None)."""
+        v = self.input_conv(scale_input(x, self.param_dtype))
+        total = 0
+        for layer in self.layers:
+            v = layer(v, cond)
+            if self.skip:  # Section 3.4: skip connections from every layer to the output
+                total = total + v
+        logits = self.output(total if self.skip else v)
+        b, _, hh, ww = logits.shape
+        return logits.view(b, 3, 256, hh, ww).transpose(1, 2)
+
+    def bits_per_dim(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Discrete NLL in bits per sub-pixel, [B] (float32; float64 for a float64 model)."""
+        return nll_bits(self(x, cond), x) / x[0].numel()
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, incremental: bool = True,
+               return_logprob: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """n images, uint8 [n, 3, H, W]; with return_logprob also their NLL in bits/dim [n] (float64)."""
+        x = torch.zeros(n, 3, self.image_size, self.image_size, dtype=torch.uint8,
+                        device=self.input_conv.weight.device)
+        return self.complete(x, 0, generator, incremental, return_logprob)
+
+    @torch.no_grad()
+    def complete(self, x: torch.Tensor, known_rows: int, generator: Optional[torch.Generator] = None,
+                 incremental: bool = True, return_logprob: bool = False,
+                 cond: Optional[torch.Tensor] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Keep rows [0, known_rows) of x and sample the rest; NLL bits/dim counts sampled sub-pixels only."""
+        x = x.to(device=self.input_conv.weight.device, dtype=torch.uint8).clone()
+        u = draw_uniforms(x.shape[0], tuple(x.shape[1:]), generator, x.device)
+        run = self._sample_incremental if incremental else self._sample_plain
+        x, bits = run(x, known_rows, u, cond)
+        bpd = bits / x[0].numel()
+        return (x, bpd) if return_logprob else x
+
+    def _sample_plain(self, x: torch.Tensor, start: int, u: torch.Tensor,
+                      cond: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Reference sampler: one full forward pass per sub-pixel."""
+        bits = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        for i in range(start, x.shape[2]):
+            for j in range(x.shape[3]):
+                for c in range(3):
+                    logits = self(x, cond)[:, :, c, i, j]
+                    v, logp = pick(logits, u[:, c, i, j])
+                    x[:, c, i, j] = v.to(torch.uint8)
+                    bits -= logp / LOG2
+        return x, bits
+
+    def _sample_incremental(self, x: torch.Tensor, start: int, u: torch.Tensor,
+                            cond: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Cached sampler: per sub-pixel, every layer runs at the current pixel only.
+
+        A pixel is run once per colour (later colours are hidden by the masks, so the value
+        of colour c is right once colours < c are filled) and once more after its last
+        colour to commit the final states; known rows are run once per pixel.
+        """
+        b, _, hh, ww = x.shape
+        dt = self.param_dtype
+        k = self.input_conv.kernel_size[0]
+        p = k // 2
+        # Padded, scaled input; the mask-A kernel only reads rows i-p..i of it.
+        xin = torch.zeros(b, 3, hh + p, ww + 2 * p, dtype=dt, device=x.device)
+        xin[:, :, p:, p:p + ww] = scale_input(x, dt)
+        w_in = self.input_conv.masked_weight()[:, :, : p + 1].flatten(1)
+        conv1, conv2 = self.output[1], self.output[3]
+        w1, w2 = conv1.masked_weight().flatten(1), conv2.masked_weight().flatten(1)
+        caches = [layer.init_cache(b, hh, ww, cond) for layer in self.layers]
+        bits = torch.zeros(b, dtype=torch.float64, device=x.device)
+
+        def run_pixel(i: int, j: int) -> torch.Tensor:
+            v = F.linear(xin[:, :, i:i + p + 1, j:j + k].flatten(1), w_in, self.input_conv.bias)
+            total = 0
+            for layer, cache in zip(self.layers, caches):
+                v = layer.step(cache, v, i, j)
+                if self.skip:
+                    total = total + v
+            return total if self.skip else v
+
+        for i in range(hh):
+            for j in range(ww):
+                if i >= start:
+                    for c in range(3):
+                        hid = F.relu(F.linear(F.relu(run_pixel(i, j)), w1, conv1.bias))
+                        rows = slice(256 * c, 256 * (c + 1))  # only colour c's logits are needed
+                        v, logp = pick(F.linear(hid, w2[rows], conv2.bias[rows]), u[:, c, i, j])
+                        x[:, c, i, j] = v.to(torch.uint8)
+                        xin[:, c, i + p, j + p] = scale_input(v, dt)
+                        bits -= logp / LOG2
+                run_pixel(i, j)  # commit the states of the finished pixel
+            for layer, cache in zip(self.layers, caches):
+                layer.end_row(cache, i)
+        return x, bits
+
+
+class LayerCacheMixin:
+    """Default no-op `end_row` for layers whose incremental state needs no row pass."""
+
+    def end_row(self, cache: Dict[str, Any], i: int) -> None:
+        """Nothing to do at the end of a row."""
+        return None
+
+
+def gate_groups(hidden: int, gates: int) -> torch.Tensor:
+    """Colour groups of a stack of `gates` blocks of `hidden` maps: block channel k has hidden k's group."""
+    return color_groups(hidden).repeat(gates)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
