@@ -72,7 +72,13 @@ def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: 
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
         torch.save({"torch": torch.get_rng_state()}, ckpt_dir / tag / f"rng_rank{rank}.pt")
-    except (OSError, RuntimeError) as e:
+    except OSError as e:
+        raise _write_error(ckpt_dir, tag, rank, e) from e
+    except RuntimeError as e:
+        # torch.save reports a failed write as a RuntimeError ("unexpected pos", "file write failed"); a
+        # collective inside save_checkpoint fails as one too, and that is a lost rank, not a disk problem.
+        if re.search(r"gloo|nccl|connection|timed? ?out", str(e), re.I):
+            raise
         raise _write_error(ckpt_dir, tag, rank, e) from e
     dist.barrier()  # every rank's files are on disk before the checkpoint is declared complete
     if rank == 0:

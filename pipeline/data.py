@@ -203,10 +203,9 @@ class TrainStream(torch.utils.data.IterableDataset):
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
-    # SLURM signals every process of a job step (TERM on requeue or cancel, USR2 before a time-out). The
-    # rank decides when to stop and checkpoints first; its loader workers must not die before it does
-    # (they exit by themselves once their parent is gone).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # SLURM sends USR2 to every process of a job step before a time-out. The rank decides when to stop and
+    # checkpoints first; its loader workers must not die of the signal before it does. (SIGTERM keeps its
+    # default: multiprocessing ends workers with it when the rank exits.)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 

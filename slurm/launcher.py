@@ -14,8 +14,9 @@ What SLURM does, measured on the local cluster (slurm 22.05, `--signal=USR2@N` w
   * slurmctld checks time limits every 30 s, and sends the signal at the first check where less than
     N + 30 s are left: so USR2 comes between N and N + 30 s before the limit (with `--time 1` and
     N >= 30 it comes at once), and the kill at the first check past the limit.
-  * SIGTERM (scancel, `scontrol requeue`, KillWait=5 s before SIGKILL) also sets the flag: the job
-    checkpoints if a step ends in time, and never requeues itself for it.
+  * SIGTERM (scancel, `scontrol requeue`, KillWait=5 s before SIGKILL) also sets the flag, but SLURM
+    sends it to the loader workers too, so a rank usually fails at its next batch instead: the job then
+    resumes from its last periodic checkpoint (checkpoint.every), and never requeues itself for it.
 """
 from __future__ import annotations
 

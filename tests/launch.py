@@ -72,7 +72,7 @@ def train_2ranks(run_dir: Path, data: Path, overrides: List[str], kill_after_ste
         while proc.poll() is None and time.time() < deadline:
             if len(metrics(run_dir)) >= kill_after_step:
                 if sig == signal.SIGKILL:
-                    os.killpg(proc.pid, sig)      # everything: agent and both ranks, no clean-up
+                    kill_tree(proc.pid)           # everything: agent, ranks, loader workers; no clean-up
                 else:
                     for child in _children(proc.pid):  # the ranks, as SLURM would signal the tasks
                         os.kill(child, sig)
@@ -81,7 +81,7 @@ def train_2ranks(run_dir: Path, data: Path, overrides: List[str], kill_after_ste
     try:
         proc.wait(timeout=max(1, deadline - time.time()))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         raise AssertionError(f"training did not finish in {timeout} s; see {run_dir}.log")
     log.close()
     return subprocess.CompletedProcess(cmd, proc.returncode, Path(str(run_dir) + ".log").read_text(errors="replace"))
@@ -90,3 +90,30 @@ def train_2ranks(run_dir: Path, data: Path, overrides: List[str], kill_after_ste
 def _children(pid: int) -> List[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [int(p) for p in out]
+
+
+def process_groups(pid: int) -> List[int]:
+    """The process groups of a launcher and everything under it, the launcher's last. torchrun starts each
+    rank in a session of its own, so signalling the launcher's group alone would leave the ranks (and
+    their loader workers) running on as orphans."""
+    pids, todo = [], [pid]
+    while todo:  # collect first: once the parent dies its children are re-parented and lost to pgrep -P
+        p = todo.pop()
+        pids.append(p)
+        todo.extend(_children(p))
+    groups = []
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            groups.append(os.getpgid(p))
+    return list(dict.fromkeys(reversed(groups)))
+
+
+def signal_groups(groups: List[int], sig: int) -> None:
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(g, sig)
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """SIGKILL (or `sig`) a launcher and everything under it, at once."""
+    signal_groups(process_groups(pid), sig)

@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for fault_helpers, any import mode
 
-from fault_helpers import (CHAIN, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, CheckpointObserver,  # noqa: E402
-                           Launch, metrics, watch)
+from fault_helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, CheckpointObserver,  # noqa: E402
+                           Launch, metrics, process_groups, watch)
 
 
 
@@ -53,19 +53,30 @@ def kill_chain(smoke_data, tmp_path_factory):
     ln.wait(30)
     rounds.append({"fault": "sigkill-all", "steps_recorded": len(metrics(run)), "latest": _latest_step(run)})
 
-    # (2) SIGKILL everything while a checkpoint is being written: poll for a step folder without
-    # meta.json and kill at once; every save of this launch is a chance (retry budget: the ~10 saves
-    # left before the end of the run).
+    # (2) SIGKILL everything while a checkpoint is being written: when a step folder without meta.json
+    # shows up, freeze every process (SIGSTOP) and look again; if meta.json is still missing the kill
+    # lands mid-write for certain, else let it run on (SIGCONT) to the next save.
     ln = Launch(run, smoke_data, CHAIN)
     caught = []
     start_steps = len(metrics(run))
+    # torchrun and both ranks (each in a session of its own) are up: look their process groups up now,
+    # not in the race below.
+    assert watch(ln, obs, lambda: len(process_groups(ln.procs[0].pid)) >= 3, LAUNCH_TIMEOUT), ln.output()[-3000:]
+    ln.freeze(False)
 
     def mid_write():
-        if len(metrics(run)) <= start_steps:  # before the resume: old leftovers don't count
+        steps = len(metrics(run))
+        # Before the resume old leftovers don't count; late saves are not taken, so that the rounds
+        # below still have steps left to be killed in.
+        if steps <= start_steps or steps >= CHAIN_STEPS - 8 or not obs.look():
             return False
-        w = obs.look()
-        caught[:] = w
-        return bool(w)
+        ln.freeze(True)
+        partial = [t for t in obs.look() if not (run / "checkpoints" / t / "meta.json").exists()]
+        if partial:
+            caught[:] = partial
+            return True
+        ln.freeze(False)
+        return False
 
     hit = watch(ln, obs, mid_write, LAUNCH_TIMEOUT, poll=0)
     if hit:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from launch import REPO, free_port, metrics, mlflow_store  # noqa: F401  (tests/ is on sys.path: see tests/conftest.py)
+from launch import REPO, free_port, kill_tree, metrics, mlflow_store, process_groups, signal_groups  # noqa: F401  (tests/ is on sys.path: see tests/conftest.py)
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -22,7 +21,8 @@ SEED = 9
 DIST_TIMEOUT_S = 90  # also bounds the start-up rendezvous: slow imports on a busy 2-core machine
 # fp32 ZeRO-2 RMSprop (bf16 is 3-5x slower on these CPUs; bf16 and ZeRO-3 resume are tested in
 # tests/test_training.py). A checkpoint every 2 steps: many saves to hit one mid-write.
-CHAIN = ["train.max_steps=24", "checkpoint.every=2", "checkpoint.keep_last=2", "train.eval_every=100",
+CHAIN_STEPS = 32
+CHAIN = [f"train.max_steps={CHAIN_STEPS}", "checkpoint.every=2", "checkpoint.keep_last=2", "train.eval_every=100",
          "train.sample_every_eval=0", "train.log_every=4", "train.precision=fp32", "train.zero_stage=2",
          "optim.name=rmsprop", f"train.dist_timeout_s={DIST_TIMEOUT_S}"]
 LAUNCH_TIMEOUT = 240
@@ -62,8 +62,10 @@ class Launch:
         else:
             self.procs = []
             for r in range(nproc):
+                # One thread per rank, as torchrun and our SLURM launcher set: the float results depend
+                # on the thread count, and the resumed run must match the reference bit for bit.
                 env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_RANK=str(r),
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
                 self.procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log,
                                                    stderr=subprocess.STDOUT, start_new_session=True))
         log.close()
@@ -81,11 +83,18 @@ class Launch:
                     return int(child)
         raise AssertionError("rank process not found")
 
+    def freeze(self, frozen: bool) -> None:
+        """SIGSTOP (or SIGCONT) everything: lets a test look at the disk at one instant of the run. The
+        process groups are looked up once (pgrep is far slower than a checkpoint save)."""
+        import signal
+        if not getattr(self, "_groups", None):
+            self._groups = [g for p in self.procs for g in process_groups(p.pid)]
+        signal_groups(self._groups, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def kill_all(self) -> None:
         """SIGKILL to everything (agent, ranks, loader workers): no clean-up runs."""
         for p in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
+            kill_tree(p.pid)
 
     def wait(self, timeout: float) -> List[int]:
         deadline = time.time() + timeout
@@ -96,8 +105,7 @@ class Launch:
             raise AssertionError(f"launch still running after {timeout:.0f} s; see {self.log_path}")
         finally:
             for p in self.procs:  # loader workers or a stray rank left behind
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
+                kill_tree(p.pid)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

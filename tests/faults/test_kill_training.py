@@ -11,7 +11,8 @@ import torch
 from pipeline.checkpoint import CheckpointError, check_compatible, latest_tag, read_meta
 from pipeline.export import consolidated_state
 
-from fault_helpers import CHAIN, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, Launch, fill_up, hex_losses, metrics, sha256_tree, small_filesystem
+from fault_helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, Launch, fill_up, hex_losses,
+                           sha256_tree, small_filesystem)
 
 
 def test_sigkill_anywhere_then_resume_is_bit_exact(kill_chain):
@@ -19,17 +20,17 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(kill_chain):
     the final validation bits/dim equal the uninterrupted run's bit for bit."""
     ref, run = kill_chain["ref"], kill_chain["run"]
     a, b = hex_losses(ref), hex_losses(run)
-    assert len(a) == 24 and a == b
+    assert len(a) == CHAIN_STEPS and a == b
     fa = json.loads((ref / "final_metrics.json").read_text())
     fb = json.loads((run / "final_metrics.json").read_text())
-    assert fa["val_bits_per_dim"] == fb["val_bits_per_dim"] and fb["steps"] == 24
+    assert fa["val_bits_per_dim"] == fb["val_bits_per_dim"] and fb["steps"] == CHAIN_STEPS
     _, wa = consolidated_state(ref / "checkpoints")
     _, wb = consolidated_state(run / "checkpoints")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     killed = [r for r in kill_chain["rounds"] if r["fault"] != "none (final resume)"]
     assert len(killed) == 4
     # every kill interrupted the run before its end
-    assert all(r["steps_recorded"] < 24 for r in killed), killed
+    assert all(r["steps_recorded"] < CHAIN_STEPS for r in killed), killed
 
 
 def test_latest_always_names_a_complete_checkpoint(kill_chain):
@@ -37,7 +38,7 @@ def test_latest_always_names_a_complete_checkpoint(kill_chain):
     assert obs.looks > 1000, "the observer must have looked often"
     assert obs.bad_latest == [], f"`latest` named incomplete checkpoints: {obs.bad_latest}"
     run = kill_chain["run"]
-    assert latest_tag(run / "checkpoints") == "step00000024"
+    assert latest_tag(run / "checkpoints") == f"step{CHAIN_STEPS:08d}"
 
 
 def test_kill_landed_while_a_checkpoint_was_being_written(kill_chain):
@@ -72,21 +73,22 @@ def test_full_checkpoint_disk_fails_clearly_and_keeps_the_previous_checkpoint(ki
     run.mkdir()
     src = kill_chain["run"] / "checkpoints"
     with small_filesystem(run / "checkpoints", 4096) as ckpts:
-        shutil.copytree(src / "step00000024", ckpts / "step00000024")
+        last = f"step{CHAIN_STEPS:08d}"
+        shutil.copytree(src / last, ckpts / last)
         shutil.copy(src / "latest", ckpts / "latest")
         shutil.copy(kill_chain["run"] / "metrics.jsonl", run / "metrics.jsonl")
         before = sha256_tree(ckpts)
         filler = fill_up(ckpts, 8 * 1024)
-        ln = Launch(run, smoke_data, CHAIN + ["train.max_steps=30"])
+        ln = Launch(run, smoke_data, CHAIN + [f"train.max_steps={CHAIN_STEPS + 6}"])
         codes = ln.wait(LAUNCH_TIMEOUT)
         out = ln.output()
         assert any(c != 0 for c in codes)
-        assert "no space left on device" in out and str(ckpts / "step00000026") in out, out[-4000:]
+        assert "no space left on device" in out and str(ckpts / f"step{CHAIN_STEPS + 2:08d}") in out, out[-4000:]
         filler.unlink()
-        assert (ckpts / "latest").read_text() == "step00000024"
+        assert (ckpts / "latest").read_text() == last
         after = sha256_tree(ckpts)
-        assert {k: v for k, v in after.items() if k.startswith("step00000024/") or k == "latest"} == before
-        assert latest_tag(ckpts) == "step00000024"
+        assert {k: v for k, v in after.items() if k.startswith(last + "/") or k == "latest"} == before
+        assert latest_tag(ckpts) == last
         _, weights = consolidated_state(ckpts)
         assert weights and all(torch.isfinite(w).all() for w in weights.values())
 
