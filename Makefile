@@ -11,7 +11,7 @@ install:
 	$(PIP) install -q -e ".[dev]"
 
 smoke: install
-	$(PYTHON) slurm/submit.py --exp smoke
+	$(PYTHON) slurm/submit.py --exp smoke --follow
 
 cluster:
 	bash slurm/local-cluster.sh start
