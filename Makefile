@@ -5,8 +5,8 @@ PIP := $(PYTHON) -m pip
 
 .PHONY: install smoke test cluster cluster-stop browser bench
 
+# torch 2.13.0 first: it is the CPU build on these machines; a bare `torch` pulls a CUDA build.
 install:
-	# torch 2.13.0 first: it is the CPU build on these machines; a bare `torch` pulls a CUDA build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 
@@ -19,9 +19,9 @@ cluster:
 cluster-stop:
 	bash slurm/local-cluster.sh stop
 
+# Headless Chromium for the MLflow UI test: Debian's package, driven by playwright (never `playwright install`).
 browser:
-	# Headless Chromium for the MLflow UI test: Debian's package, driven by playwright (never `playwright install`).
-	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
 		|| echo "chromium could not be installed: the MLflow UI test will skip, saying so"
 
 test: install cluster browser
