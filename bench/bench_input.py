@@ -26,7 +26,6 @@ import itertools
 import statistics
 import tarfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -25,7 +25,6 @@ short still leaves what it measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
@@ -197,7 +196,6 @@ def _images(batch: int, size: int, seed: int = 0):
 
 def step_flops(cfg, batch: int = 2) -> float:
     """FLOPs of one forward+backward per image, counted by torch's FlopCounterMode (fp32 model)."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
     from pipeline.engine import build
     model = build(cfg).cuda()

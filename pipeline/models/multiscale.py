@@ -20,9 +20,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .base import draw_uniforms, nll_bits, scale_input
+from .base import nll_bits, scale_input
 from .diagonal_bilstm import DiagonalBiLSTM
 from .pixelcnn import PixelCNN
 from .row_lstm import RowLSTM
