@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,8 @@ from typing import Any, Callable, Dict, List
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+
+from common import free_port  # noqa: E402  (bench/common.py; bench/ is sys.path[0] for a script)
 
 # (key, experiment config to start from, overrides, micro-batch for the throughput run)
 MODELS = [
@@ -117,12 +118,6 @@ def free_cuda() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------- sections

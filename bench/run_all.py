@@ -25,6 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.fsutil import atomic_write_text  # noqa: E402
 
 # (key, script, extra args for the full run, extra args for --quick, timeout of the full run in s)
 BENCHES = [
@@ -88,16 +91,6 @@ def run_one(key: str, script: str, extra, timeout: float) -> dict:
             "targets": targets, "last_lines": last_lines(text, 15), "output_lines": len(stdout_lines)}
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="every benchmark's fast pass")
@@ -122,11 +115,11 @@ def main() -> int:
                   f"{'met' if t['met'] else 'NOT MET'} |")
     total = time.perf_counter() - t0
     print(f"\ntotal {total:.0f}s; written {args.out}")
-    atomic_write_json(args.out, {
+    atomic_write_text(args.out, json.dumps({
         "quick": args.quick, "total_s": round(total, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "load_average_at_end": os.getloadavg()[0]},
-        "benchmarks": results})
+        "benchmarks": results}, indent=2) + "\n")
     return 0 if all(r["status"] in ("ok", "missing") for r in results.values()) else 1
 
 

@@ -35,6 +35,11 @@ def mlflow_store(db: Path) -> str:
     return f"sqlite:///{db}"
 
 
+def hex_losses(run_dir: Path) -> List[tuple]:
+    """(step, exact hex float of the training loss) for every recorded step: what bit-exact resume compares."""
+    return [(m["step"], m["hex"]) for m in metrics(run_dir)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

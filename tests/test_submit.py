@@ -50,7 +50,7 @@ def test_smoke_locally_without_slurm(tmp_path, smoke_data):
     assert_smoke_result(out, tmp_path)
 
 
-def test_smoke_prepares_its_own_data_with_the_preprocessing_code(tmp_path):
+def test_dry_run_of_smoke_builds_no_data(tmp_path):
     out = submit("--exp", "smoke", f"data.root={tmp_path / 'data'}", "--dry-run")
     assert out.returncode == 0, out.stderr
     # --dry-run builds nothing; a real submission builds the shards first (as the smoke runs above do).

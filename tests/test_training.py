@@ -14,7 +14,7 @@ import torch
 
 from pipeline.export import consolidated_state
 
-from launch import REPO, metrics, train_2ranks
+from launch import REPO, hex_losses, metrics, train_2ranks
 
 Z2 = ["train.max_steps=30", "train.eval_every=15", "checkpoint.every=10", "train.log_every=5",
       "train.sample_every_eval=4", "train.precision=bf16", "train.zero_stage=2", "optim.name=rmsprop"]
@@ -52,14 +52,10 @@ def zero3(smoke_data, tmp_path_factory):
     return base, stop_step
 
 
-def _hex_losses(run_dir):
-    return [(m["step"], m["hex"]) for m in metrics(run_dir)]
-
-
 def test_exact_resume_after_sigkill_zero2_bf16(zero2):
     base, steps_at_kill = zero2
     assert 17 <= steps_at_kill < 30, "the kill must land between checkpoints, before the end"
-    a, b = _hex_losses(base / "a"), _hex_losses(base / "b")
+    a, b = hex_losses(base / "a"), hex_losses(base / "b")
     assert len(a) == 30 and a == b
     fa = json.loads((base / "a" / "final_metrics.json").read_text())
     fb = json.loads((base / "b" / "final_metrics.json").read_text())
@@ -72,8 +68,8 @@ def test_exact_resume_after_sigkill_zero2_bf16(zero2):
 def test_exact_resume_after_stop_signal_zero3_fp32(zero3):
     base, stop_step = zero3
     assert 8 <= stop_step < 20
-    assert _hex_losses(base / "c") == _hex_losses(base / "d")
-    assert len(_hex_losses(base / "c")) == 20
+    assert hex_losses(base / "c") == hex_losses(base / "d")
+    assert len(hex_losses(base / "c")) == 20
 
 
 def test_each_rank_wrote_its_optimizer_shard_and_old_checkpoints_are_pruned(zero2):
@@ -161,7 +157,7 @@ def test_crash_between_shard_writes_and_latest_resumes_from_previous(zero2, smok
     (run / "checkpoints" / "latest").write_text("step00000020")
     (run / "mlflow_run_id").unlink()  # the copy gets its own MLflow run in its own store
     _ok(train_2ranks(run, smoke_data, Z2))
-    assert _hex_losses(run) == _hex_losses(base / "a")
+    assert hex_losses(run) == hex_losses(base / "a")
     assert (run / "checkpoints" / "step00000030" / "meta.json").exists()
 
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from launch import REPO, free_port, kill_tree, metrics, mlflow_store, process_groups, signal_groups  # noqa: F401  (tests/ is on sys.path: see tests/conftest.py)
+from launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_store,  # noqa: F401
+                    process_groups, signal_groups)  # tests/ is on sys.path: see tests/conftest.py
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -26,10 +27,6 @@ CHAIN = [f"train.max_steps={CHAIN_STEPS}", "checkpoint.every=2", "checkpoint.kee
          "train.sample_every_eval=0", "train.log_every=4", "train.precision=fp32", "train.zero_stage=2",
          "optim.name=rmsprop", f"train.dist_timeout_s={DIST_TIMEOUT_S}"]
 LAUNCH_TIMEOUT = 240
-
-
-def hex_losses(run_dir: Path):
-    return [(m["step"], m["hex"]) for m in metrics(run_dir)]
 
 
 def sha256_tree(folder: Path) -> Dict[str, str]:
