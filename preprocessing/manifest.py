@@ -20,10 +20,10 @@ from typing import Dict, List
 
 import numpy as np
 import PIL
-from PIL import features
 
 from .errors import PreprocessError
 from .fsutil import atomic_write_json, read_json, sha256_file
+from .imaging import png_encoder
 from .shards import size_dir, temp_files
 
 FORMAT = "pixelrnn-shards/1"
@@ -45,8 +45,8 @@ def versions() -> Dict[str, str]:
         wds_version = "not installed"
     return {"pillow": PIL.__version__, "numpy": np.__version__, "webdataset": wds_version,
             "python": platform.python_version(),
-            # PNG bytes depend on zlib: record it so a hash difference across machines is explainable
-            "zlib": features.version("zlib") or "unknown"}
+            # PNG bytes depend on libpng/zlib: recorded so a hash difference across machines is explainable
+            "png_encoder": png_encoder()}
 
 
 def _outputs(out: Path, size: int, split: str) -> List[Path]:
@@ -80,6 +80,11 @@ def prepare_output(out: Path, size: int, split: str, state: dict, overwrite: boo
         if old.get("source_fingerprint") != state["source_fingerprint"]:
             raise PreprocessError(f"the source changed since {d} was started (different files or classes); "
                                   "pass --overwrite to rebuild")
+        if old.get("png_encoder") != state["png_encoder"]:
+            # Pixels would still match, but the shards written from now on would not be
+            # byte-identical to the ones already there (and to an uninterrupted build).
+            raise PreprocessError(f"{d} was started with another PNG encoder ({old.get('png_encoder')!r}, now "
+                                  f"{state['png_encoder']!r}): finish it with that version, or pass --overwrite")
         return
     elif _outputs(out, size, split):
         raise PreprocessError(f"{d} already holds {split} output but no build state ({sp.name}); "

@@ -66,10 +66,11 @@ class PartWriter:
         self.lengths: List[int] = []
         self.block = block
 
-    def add(self, record: bytes) -> None:
-        self.file.write(record)
-        self.hash.update(record)
-        self.lengths.append(len(record))
+    def add(self, records: bytes, lengths: List[int]) -> None:
+        """Append consecutive sample records (joined) whose byte lengths are `lengths`."""
+        self.file.write(records)
+        self.hash.update(records)
+        self.lengths.extend(lengths)
 
     def commit(self, skipped: List[dict]) -> None:
         """Finish the tar, then publish part and summary (summary last: it marks the block done)."""

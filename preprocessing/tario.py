@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from typing import Dict
 
 BLOCK = tarfile.BLOCKSIZE          # 512
 RECORD = tarfile.RECORDSIZE        # 10240: tarfile pads the archive end to a multiple of this
@@ -51,12 +52,12 @@ def member(name: str, data: bytes) -> bytes:
     return header(name, len(data)) + data + b"\0" * (-len(data) % BLOCK)
 
 
-def sample_record(key: str, label: int, meta: dict, png: bytes) -> bytes:
-    """The members of one webdataset sample, extensions in sorted order: cls, json, png."""
+def sample_records(key: str, label: int, meta: dict, pngs: Dict[int, bytes]) -> Dict[int, bytes]:
+    """{size: the members of one webdataset sample}, extensions in sorted order: cls, json, png.
+    The cls and json members are the same at every size, so they are made once."""
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return (member(f"{key}.cls", str(label).encode("ascii"))
-            + member(f"{key}.json", meta_bytes)
-            + member(f"{key}.png", png))
+    head = member(f"{key}.cls", str(label).encode("ascii")) + member(f"{key}.json", meta_bytes)
+    return {size: head + member(f"{key}.png", png) for size, png in pngs.items()}
 
 
 def trailer(length: int) -> bytes:

@@ -55,21 +55,24 @@ def _final_shards(out):
 def test_sigkill_at_random_moments_then_rerun_gives_identical_bytes(source, tmp_path):
     """SIGKILL to the build (parent and pool workers) at seeded random moments: after a random number of
     rendered blocks (a re-run renders only what is missing, so the moments are chosen by progress, not
-    by time), plus a random fraction of a second; the last kill lands while finalize lays out shards."""
+    by time), plus a random few milliseconds; the last kill lands while finalize lays out shards."""
     ref = tmp_path / "ref"
     assert run_cli("build", "--source", source, "--out", ref, *BUILD).returncode == 0
     out = tmp_path / "out"
     rng = random.Random(11)
-    # 600 images / 16 = 38 blocks at 2 sizes = 76 parts
-    targets = [(_parts, t) for t in sorted(rng.sample(range(2, 72), KILLS - 1))] + [(_final_shards, rng.randint(1, 30))]
+    # 600 images / 16 = 38 blocks at 2 sizes = 76 parts. Each run before the last is killed once it has
+    # written 2..20 parts more than were there when it started (a re-run renders only what is missing;
+    # 3 x 20 stays below 76, so every kill lands before finalize); the last while finalize lays out shards.
+    steps = [rng.randint(2, 20) for _ in range(KILLS - 1)] + [rng.randint(1, 30)]
     landed = []
-    for count, target in targets:
+    for i, step in enumerate(steps):
+        count, target = (_parts, _parts(out) + step) if i < KILLS - 1 else (_final_shards, step)
         cmd, env = _cli("build", "--source", source, "--out", out, *BUILD)
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         while proc.poll() is None and count(out) < target:
             time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.05))
+        time.sleep(rng.uniform(0, 0.005))  # less than a part takes: the kill lands mid-block
         if proc.poll() is None:
             landed.append((count.__name__, count(out)))
         with contextlib.suppress(ProcessLookupError):

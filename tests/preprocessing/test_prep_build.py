@@ -1,11 +1,14 @@
 """Determinism, parallelism, array tasks, resume, refusal, verify, and webdataset readability."""
 
+import json
 import tarfile
 
 import pytest
 
 import preprocessing.builder as build_mod
 from preprocessing import PreprocessError, build, finalize, info, verify
+from preprocessing.fsutil import read_json
+from preprocessing.imaging import png_encoder
 
 from prep_helpers import output_bytes, read_samples
 
@@ -44,7 +47,12 @@ def test_two_builds_byte_identical(tmp_path, odd_src, reference):
     assert output_bytes(_out(tmp_path, odd_src)) == reference
 
 
-def test_workers_2_equals_workers_1(tmp_path, odd_src, reference):
+@pytest.mark.parametrize("chunk", [None, 2, 5])
+def test_workers_2_equals_workers_1(tmp_path, odd_src, reference, monkeypatch, chunk):
+    # Worker tasks are runs of `chunk` inputs (with skipped files inside some): the bytes must not
+    # depend on how the inputs were cut into tasks.
+    if chunk:
+        monkeypatch.setattr(build_mod, "_chunk_size", lambda total, workers: chunk)
     assert output_bytes(_out(tmp_path, odd_src, workers=2)) == reference
 
 
@@ -99,6 +107,19 @@ def test_changed_parameters_refused_unless_overwrite(tmp_path, odd_src, referenc
         _out(tmp_path, odd_src, overwrite=True, num_tasks=2)
     assert output_bytes(_out(tmp_path, odd_src, overwrite=True)) == reference
     assert out.exists()
+
+
+def test_changed_png_encoder_refused_unless_overwrite(tmp_path, odd_src, reference):
+    """A resume with another libpng/imagecodecs would give other bytes for the rest of the shards."""
+    out = _out(tmp_path, odd_src)
+    assert read_json(out / "32" / "train.json")["versions"]["png_encoder"] == png_encoder()
+    state = out / "32" / ".train.params.json"
+    st = read_json(state)
+    st["png_encoder"] = "imagecodecs 0.1 (libpng 1.0), filter=paeth"
+    state.write_text(json.dumps(st))
+    with pytest.raises(PreprocessError, match=r"another PNG encoder \('imagecodecs 0\.1"):
+        _out(tmp_path, odd_src)
+    assert output_bytes(_out(tmp_path, odd_src, overwrite=True)) == reference
 
 
 def test_verify_detects_corruption(tmp_path, odd_src):

@@ -48,6 +48,31 @@ def test_png_encoding_is_deterministic_and_clean():
     assert b"iCCP" not in a[32]  # no ancillary chunks copied from the source
 
 
+def _png_chunks(data: bytes) -> list:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    names, i = [], 8
+    while i < len(data):
+        n = int.from_bytes(data[i:i + 4], "big")
+        names.append(data[i + 4:i + 8])
+        i += 12 + n
+    return names
+
+
+def test_png_critical_chunks_only_and_as_small_as_pillows():
+    # A smooth photo-like image: a weak encoder (no filter) would be far bigger than Pillow's.
+    yy, xx = np.mgrid[0:300, 0:400]
+    arr = np.stack([xx * 0.6, yy * 0.8, 128 + 60 * np.sin((xx + yy) / 23.0)], -1)
+    arr = np.clip(arr + np.random.default_rng(0).normal(0, 4, arr.shape), 0, 255).astype(np.uint8)
+    data = encode(Image.fromarray(arr), "JPEG")
+    pngs, _ = render(data, [32, 64])
+    for size in (32, 64):
+        assert _png_chunks(pngs[size]) == [b"IHDR", b"IDAT", b"IEND"]
+        ref = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BOX)
+        buf = io.BytesIO()
+        ref.save(buf, format="PNG")  # Pillow's default, adaptive filtering
+        assert len(pngs[size]) <= 1.03 * len(buf.getvalue()), (size, len(pngs[size]), len(buf.getvalue()))
+
+
 @pytest.mark.parametrize("mode", ["CMYK", "L", "RGBA", "P", "LA", "1"])
 def test_modes_convert_like_reference(mode):
     src = noise_image(45, 30, 2).convert(mode)
