@@ -12,8 +12,12 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import sys
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Deque, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -165,6 +169,20 @@ def _work(task):
             {s: [len(x) for x in r] for s, r in records.items()}, skipped)
 
 
+def _in_order(pool: ProcessPoolExecutor, tasks, window: int):
+    """Results of _work over tasks, in order, with at most `window` tasks in flight: the parent's
+    memory stays bounded even when writing is slower than rendering (unlike Executor.map)."""
+    pending: Deque[Future] = deque()
+    todo = iter(tasks)
+    for task in islice(todo, window):
+        pending.append(pool.submit(_work, task))
+    while pending:
+        result = pending.popleft().result()
+        for task in islice(todo, 1):
+            pending.append(pool.submit(_work, task))
+        yield result
+
+
 def _render_blocks(ctx: _Context, jobs, method, exif_transpose, workers, progress) -> None:
     if not jobs:
         return
@@ -181,10 +199,15 @@ def _render_blocks(ctx: _Context, jobs, method, exif_transpose, workers, progres
         _init(ctx, method, exif_transpose)
         results = map(_work, tasks)
     else:
-        # fork: workers inherit the imported modules and the context; readers re-open files per process
+        # fork: workers inherit the imported modules and the context; readers re-open files per process.
+        # ProcessPoolExecutor, not multiprocessing.Pool: Pool's worker-handler thread wakes up (and
+        # spins) whenever a result is waiting in the pipe, which with ~0.5 MB results cost the parent
+        # as much CPU as the writing; the executor also fails (BrokenProcessPool) instead of hanging
+        # when a worker is killed.
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = context.Pool(workers, _init, (ctx, method, exif_transpose))
-        results = pool.imap(_work, tasks)
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
+                                   initargs=(ctx, method, exif_transpose))
+        results = _in_order(pool, tasks, window=4 * workers)
     skipped_total = 0
     try:
         with tqdm(total=total, unit="img", file=sys.stderr, disable=not progress, mininterval=1.0,
@@ -194,7 +217,13 @@ def _render_blocks(ctx: _Context, jobs, method, exif_transpose, workers, progres
                 skipped = []
                 try:
                     for _, _, start, stop in chunks(b, bsizes):
-                        blobs, lengths, chunk_skipped = next(results)
+                        try:
+                            blobs, lengths, chunk_skipped = next(results)
+                        except BrokenProcessPool:
+                            raise PreprocessError(
+                                f"a worker process died while rendering block {b} of {ctx.split} (killed, "
+                                "or out of memory?); finished blocks are kept: rerun the same command "
+                                "to resume") from None
                         for s, w in writers.items():
                             w.add(blobs[s], lengths[s])
                         skipped += chunk_skipped
@@ -210,8 +239,8 @@ def _render_blocks(ctx: _Context, jobs, method, exif_transpose, workers, progres
                     bar.set_postfix(skipped=skipped_total)
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            # On an error: queued tasks are dropped; the ones running (a chunk each) finish first.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def finalize(out, split: str, sizes: Optional[Iterable[int]] = None) -> Dict[int, dict]:

@@ -1,6 +1,8 @@
 """Determinism, parallelism, array tasks, resume, refusal, verify, and webdataset readability."""
 
 import json
+import os
+import signal
 import tarfile
 
 import pytest
@@ -87,6 +89,25 @@ def test_resume_after_crash_mid_build(tmp_path, odd_src, reference, monkeypatch)
     (out / "32" / ".parts" / ".train-000004.tar.tmp-host-99").write_bytes(b"half a part")  # kill -9 leftover
     assert output_bytes(_out(tmp_path, odd_src)) == reference
     assert not list(out.rglob("*.tmp-*"))
+
+
+def test_killed_worker_is_a_clear_error_and_rerun_resumes(tmp_path, odd_src, reference, monkeypatch):
+    """A pool worker SIGKILLed mid-build (the OOM killer, say): the build stops with an error that
+    says so instead of hanging, keeps the finished blocks, and a rerun gives the reference bytes."""
+    real = build_mod.render
+    parent = os.getpid()
+
+    def dies_in_a_worker(data, *a, **k):
+        if os.getpid() != parent and data == (odd_src / "b" / "tiny.JPEG").read_bytes():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(build_mod, "render", dies_in_a_worker)  # inherited by the forked workers
+    with pytest.raises(PreprocessError, match="a worker process died while rendering block"):
+        _out(tmp_path, odd_src, workers=2)
+    monkeypatch.setattr(build_mod, "render", real)
+    assert not (tmp_path / "out" / "32" / "train.json").exists()
+    assert output_bytes(_out(tmp_path, odd_src, workers=2)) == reference
 
 
 def test_resume_after_deleted_shard_and_temp_file(tmp_path, odd_src, reference):
