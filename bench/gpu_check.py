@@ -1,56 +1,59 @@
-"""One-shot GPU check (one NVIDIA GPU, under 5 minutes): writes one JSON, installs nothing.
+"""One-shot GPU check (one NVIDIA GPU, under 5 minutes): writes one JSON.
 
     bash bench/gpu_check.sh            # or: python bench/gpu_check.py [--budget-s 270] [--quick]
+    python bench/gpu_check.py --cpu-smoke   # the same code on toy sizes on CPU (tests/test_gpu_check.py)
 
-Measures, in this order (each in its own try/except; an error is recorded in the JSON, not raised, and
-a section that would start after the time budget is recorded as skipped):
+Measures, most important first (each section in its own try/except: an error is recorded in the JSON,
+not raised; a section that would start after the time budget is recorded as skipped):
 
-1. environment: GPU, torch / CUDA / DeepSpeed versions, git commit;
-2. the GPU's dense bf16 matmul rate (a large torch.matmul, the denominator of the FLOP utilisation);
-3. training throughput (images/s) and peak memory, bf16 and fp16, through the real path
-   (`pipeline.engine.initialize` + `pipeline.ds_config.deepspeed_config`, ZeRO-2, world size 1) of:
-   Diagonal BiLSTM 12 layers h=128 at 32×32 and 64×64; Row LSTM 12×384 at 32×32; Row LSTM 4×512 without
-   residuals at 64×64 (the paper's ImageNet models) — with the step's FLOPs counted by
-   torch.utils.flop_counter and the model FLOP utilisation = achieved FLOP/s / measured matmul rate;
-4. stability: 200 steps each of DeepSpeed fp16 (dynamic loss scale) and bf16 training of the Diagonal
-   BiLSTM at 32×32 (config overrides `train.precision=fp16|bf16 train.device=cuda`) on structured
-   generated images: non-finite losses, overflow-skipped steps, final loss scale, first/last loss;
-5. torch.compile of the recurrent layers (`model.layers[i] = torch.compile(layer)`): forward+backward
-   time with and without (bf16 weights, plain PyTorch), and the compile time.
+1. environment (GPU, torch / CUDA / DeepSpeed, commit) and the dense bf16/fp16/tf32 matmul rate, the
+   denominator of the model FLOP utilisation (MFU);
+2. for each model, FLOPs per image (torch's FlopCounterMode) and training throughput + peak memory
+   through the real path (`pipeline.engine.initialize`, ZeRO-2, world size 1) in bf16, bf16 with
+   `train.compile=cell` (the fused LSTM cell) and fp16: the 12-layer Diagonal BiLSTM (h=128) at 64x64,
+   the PixelCNN of the same width at 64x64 (the target's denominator), the Diagonal BiLSTM at 32x32,
+   the paper's Row LSTMs (12x384 at 32x32, 4x512 without residuals at 64x64);
+3. the loader: TrainStream + train_loader with the 64x64 config's data.num_workers, on shards that
+   `preprocessing` builds here, against the Diagonal BiLSTM's training rate at 64x64;
+4. `targets`: Diagonal BiLSTM / PixelCNN FLOP/s at 64x64 (>= 0.3), loader / training (>= 3), and
+   which train.compile is faster;
+5. stability: DeepSpeed fp16 (dynamic loss scale) and bf16 training of the Diagonal BiLSTM at 32x32
+   for 200 steps: non-finite losses, overflow-skipped steps, loss scale, loss first vs last;
+6. torch.compile of whole recurrent layers (unrolled; long compile) vs eager, plain PyTorch.
 
-Where no GPU is present it stops at once with exit status 2. The JSON goes to $OUT/gpu_check.json when
-OUT is set, else bench/gpu_check.json; it is rewritten (atomically) after every section, so a run cut
-short still leaves what it measured.
+Where no GPU is present it stops at once with exit status 2 (unless --cpu-smoke). The JSON goes to
+$OUT/gpu_check.json when OUT is set, else bench/gpu_check.json; it is rewritten (atomically) after
+every section, so a run cut short still leaves what it measured.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
-import math
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE.parent))
 
-from common import free_port  # noqa: E402  (bench/common.py; bench/ is sys.path[0] for a script)
+import gpu_sections as S  # noqa: E402  (bench/ is sys.path[0] for a script)
+from common import free_port  # noqa: E402
 
-# (key, experiment config to start from, overrides, micro-batch for the throughput run)
+# (key, experiment config to start from, overrides, micro-batch for the throughput runs)
 MODELS = [
-    ("diagonal_bilstm_12x128_32", "imagenet32_diagonal_bilstm", [], 64),
     ("diagonal_bilstm_12x128_64", "imagenet64_diagonal_bilstm", [], 32),
+    ("pixelcnn_12x128_64", "imagenet64_diagonal_bilstm", ["model.name=pixelcnn"], 32),
+    ("diagonal_bilstm_12x128_32", "imagenet32_diagonal_bilstm", [], 64),
     ("row_lstm_12x384_32", "imagenet32_row_lstm", [], 64),
     ("row_lstm_4x512_nores_64", "imagenet64_row_lstm", [], 32),
 ]
+RECURRENT = ("diagonal_bilstm", "row_lstm")
+TARGET_FLOPS_RATIO, TARGET_LOADER_RATIO = 0.3, 3.0
 
 
 class SectionTimeout(Exception):
@@ -77,11 +80,13 @@ class Report:
         tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
         os.replace(tmp, self.path)
 
-    def section(self, key: str, fn: Callable[[], Any], need_s: float = 0.0, limit_s: float = 0.0) -> Any:
-        """Run fn, store its result (or the error) under key, save. Skip it when less than need_s is left;
-        stop it (SIGALRM) after limit_s, or when the budget is spent."""
+    def section(self, key: str, fn: Callable[[], Any], need_s: float = 0.0, limit_s: float = 0.0,
+                into: Dict[str, Any] | None = None) -> Any:
+        """Run fn and store its result (or the error) under key in `into` (default: the top level);
+        save. Skip it when less than need_s is left; stop it (SIGALRM) after limit_s or at the budget."""
+        into = self.data if into is None else into
         if self.left() < need_s:
-            self.data[key] = {"skipped": f"time budget: {self.left():.0f}s left, this needs about {need_s:.0f}s"}
+            into[key] = {"skipped": f"time budget: {self.left():.0f}s left, this needs about {need_s:.0f}s"}
             print(f"[{key}] skipped (time budget)", flush=True)
             self.save()
             return None
@@ -94,10 +99,10 @@ class Report:
         signal.alarm(allowed)
         try:
             result = fn()
-            self.data[key] = result
+            into[key] = result
             print(f"[{key}] {json.dumps(result, default=str)[:400]}", flush=True)
         except BaseException as e:  # noqa: BLE001  (recorded, never fatal; Ctrl-C still stops below)
-            self.data[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2500:]}
+            into[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2500:]}
             print(f"[{key}] ERROR {type(e).__name__}: {e}", flush=True)
             result = None
             if isinstance(e, KeyboardInterrupt):
@@ -105,14 +110,14 @@ class Report:
         finally:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
-            free_cuda()
-        if isinstance(self.data.get(key), dict):
-            self.data[key]["section_s"] = round(time.time() - t, 1)
+            free_memory()
+        if isinstance(into.get(key), dict):
+            into[key]["section_s"] = round(time.time() - t, 1)
         self.save()
         return result
 
 
-def free_cuda() -> None:
+def free_memory() -> None:
     import torch
     gc.collect()
     if torch.cuda.is_available():
@@ -120,209 +125,43 @@ def free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
-# ----------------------------------------------------------------------------------------- sections
-def environment() -> Dict[str, Any]:
-    import torch
-    env: Dict[str, Any] = {
-        "gpu": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
-        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-        "bf16_supported": torch.cuda.is_bf16_supported(), "python": platform.python_version(),
-        "host": platform.node(), "gpu_count": torch.cuda.device_count(),
-    }
-    try:
-        import deepspeed
-        env["deepspeed"] = deepspeed.__version__
-    except Exception as e:  # noqa: BLE001
-        env["deepspeed"] = f"not importable: {type(e).__name__}: {e}"
-    try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                           text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
-        env["git_commit"] = "unknown"
-    return env
+def errors_in(data: Any, path: str = "") -> list:
+    """Dotted keys of every section that recorded an error."""
+    if not isinstance(data, dict):
+        return []
+    if "error" in data:
+        return [path]
+    return [e for k, v in data.items() for e in errors_in(v, f"{path}.{k}" if path else k)]
 
 
-def matmul_rate(n: int = 8192, iters: int = 30) -> Dict[str, Any]:
-    import torch
-    out = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("tf32", torch.float32)):
-        torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-        a = torch.randn(n, n, device="cuda", dtype=dtype)
-        b = torch.randn(n, n, device="cuda", dtype=dtype)
-        for _ in range(3):
-            a @ b
-        torch.cuda.synchronize()
-        best = math.inf
-        for _ in range(3):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                a @ b
-            end.record()
-            torch.cuda.synchronize()
-            best = min(best, start.elapsed_time(end) / 1e3 / iters)
-        out[f"{name}_tflops"] = round(2 * n ** 3 / best / 1e12, 1)
-        del a, b
-    torch.backends.cuda.matmul.allow_tf32 = False
-    out["size"] = n
+def targets(tp: Dict[str, Any], loader: Dict[str, Any]) -> Dict[str, Any]:
+    """The issue's GPU targets from the measured sections, and which train.compile to default to."""
+    def rate(key, field="achieved_tflops"):
+        v = tp.get(key, {})
+        return v.get(field) if isinstance(v, dict) else None
+    out: Dict[str, Any] = {}
+    base = rate("pixelcnn_12x128_64_bf16")
+    for mode in ("", "_cell"):
+        diag = rate(f"diagonal_bilstm_12x128_64_bf16{mode}")
+        if diag and base:
+            r = diag / base
+            out[f"diag64_vs_pixelcnn64_flops{mode or '_eager'}"] = {
+                "value": round(r, 3), "target": TARGET_FLOPS_RATIO, "met": r >= TARGET_FLOPS_RATIO}
+    train = max(filter(None, [rate(f"diagonal_bilstm_12x128_64_bf16{m}", "images_per_s") for m in ("", "_cell")]),
+                default=None)
+    if train and isinstance(loader, dict) and loader.get("images_per_s"):
+        r = loader["images_per_s"] / train
+        out["loader_vs_training_64"] = {"value": round(r, 2), "target": TARGET_LOADER_RATIO,
+                                        "met": r >= TARGET_LOADER_RATIO}
+    faster = {}
+    for key, *_ in MODELS:
+        eager, cell = rate(f"{key}_bf16", "images_per_s"), rate(f"{key}_bf16_cell", "images_per_s")
+        if eager and cell:
+            faster[key] = round(cell / eager, 3)
+    if faster:
+        out["cell_vs_eager_images_per_s"] = faster
+        out["train_compile_default"] = "cell" if min(faster.values()) > 1.05 else "none"
     return out
-
-
-def _config(exp: str, overrides: List[str], precision: str, batch: int, steps: int = 100000):
-    from pipeline.config import load_config
-    return load_config(exp, [*overrides, f"train.precision={precision}", "train.device=cuda",
-                             "train.zero_stage=2", f"train.micro_batch_size={batch}",
-                             f"train.global_batch_size={batch}", f"data.root={REPO}",
-                             f"train.max_steps={steps}", "slurm.nodes=1", "slurm.gpus_per_node=1"])
-
-
-def _images(batch: int, size: int, seed: int = 0):
-    """Structured uint8 images [batch, 3, size, size]: smooth colour fields plus a little noise (a
-    uniform-noise batch would give gradients unlike real data's)."""
-    import torch
-    import torch.nn.functional as F
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(batch, 3, 4, 4, generator=g)
-    x = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    x = x * 255 + torch.randn(batch, 3, size, size, generator=g) * 8
-    return x.clamp(0, 255).to(torch.uint8).cuda()
-
-
-def step_flops(cfg, batch: int = 2) -> float:
-    """FLOPs of one forward+backward per image, counted by torch's FlopCounterMode (fp32 model)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    from pipeline.engine import build
-    model = build(cfg).cuda()
-    x = _images(batch, cfg.model.image_size)
-    with FlopCounterMode(display=False) as fc:
-        model.bits_per_dim(x).mean().backward()
-    total = fc.get_total_flops()
-    del model
-    return total / batch
-
-
-def _engine(cfg):
-    from pipeline.ds_config import deepspeed_config
-    from pipeline.engine import initialize
-    engine, model = initialize(cfg, deepspeed_config(cfg, 1))
-    engine.train()
-    return engine, model
-
-
-def _loss_scale(engine):
-    opt = engine.optimizer
-    for name in ("cur_scale", "loss_scale"):
-        v = getattr(opt, name, None)
-        if isinstance(v, (int, float)):
-            return float(v)
-        if hasattr(v, "item"):
-            return float(v.item())
-    return None
-
-
-def throughput(exp: str, overrides: List[str], precision: str, batch: int, steps: int, peak_tflops: float,
-               flops_per_image: float) -> Dict[str, Any]:
-    import torch
-    cfg = _config(exp, overrides, precision, batch)
-    torch.cuda.reset_peak_memory_stats()
-    engine, _ = _engine(cfg)
-    x = _images(batch, cfg.model.image_size)
-    nonfinite = 0
-
-    def one():
-        nonlocal nonfinite
-        loss = engine(x).mean()
-        if not torch.isfinite(loss).item():
-            nonfinite += 1
-        engine.backward(loss)
-        engine.step()
-    for _ in range(3):
-        one()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        one()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    r = {"images_per_s": round(batch / dt, 1), "step_ms": round(dt * 1e3, 2), "micro_batch": batch,
-         "steps_timed": steps, "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 3),
-         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2 ** 30, 3),
-         "nonfinite_losses": nonfinite, "skipped_steps": int(getattr(engine, "skipped_steps", 0) or 0)}
-    if flops_per_image:
-        achieved = flops_per_image * batch / dt
-        r["achieved_tflops"] = round(achieved / 1e12, 2)
-        if peak_tflops:
-            r["mfu_vs_measured_bf16_matmul"] = round(achieved / (peak_tflops * 1e12), 4)
-    del engine
-    return r
-
-
-def stability(precision: str, steps: int, batch: int) -> Dict[str, Any]:
-    import torch
-    cfg = _config("imagenet32_diagonal_bilstm", ["optim.warmup_steps=20"], precision, batch, steps=steps)
-    engine, _ = _engine(cfg)
-    losses, nonfinite, scales = [], 0, []
-    for i in range(steps):
-        x = _images(batch, cfg.model.image_size, seed=i)
-        loss = engine(x).mean()
-        v = loss.item()
-        if not math.isfinite(v):
-            nonfinite += 1
-        losses.append(v)
-        engine.backward(loss)
-        engine.step()
-        if i % 20 == 0 or i == steps - 1:
-            scales.append(_loss_scale(engine))
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    r = {"steps": steps, "micro_batch": batch, "nonfinite_losses": nonfinite,
-         "overflow_skipped_steps": int(getattr(engine, "skipped_steps", 0) or 0),
-         "loss_first10_mean": round(first, 4), "loss_last10_mean": round(last, 4),
-         "loss_scale_every20": scales if precision == "fp16" else None,
-         "trains_without_nonfinite": nonfinite == 0 and math.isfinite(last) and last < first}
-    del engine
-    return r
-
-
-def compile_effect(exp: str, batch: int, steps: int) -> Dict[str, Any]:
-    import torch
-    from pipeline.engine import build
-    cfg = _config(exp, [], "bf16", batch)
-    torch.manual_seed(0)
-    model = build(cfg).cuda().to(torch.bfloat16)
-    x = _images(batch, cfg.model.image_size)
-
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        model.bits_per_dim(x).mean().backward()
-
-    def timed(n):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(n):
-            fwd_bwd()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t) / n
-    for _ in range(2):
-        fwd_bwd()
-    eager = timed(steps)
-    for i, layer in enumerate(list(model.layers)):
-        model.layers[i] = torch.compile(layer)
-    t = time.perf_counter()
-    fwd_bwd()
-    torch.cuda.synchronize()
-    compile_s = time.perf_counter() - t
-    fwd_bwd()
-    compiled = timed(steps)
-    eager2 = None
-    # Interleave once more: eager layers back, so both are measured side by side.
-    for i, layer in enumerate(list(model.layers)):
-        model.layers[i] = getattr(layer, "_orig_mod", layer)
-    eager2 = timed(steps)
-    best_eager = min(eager, eager2)
-    return {"model": exp, "micro_batch": batch, "eager_ms": round(best_eager * 1e3, 2),
-            "compiled_ms": round(compiled * 1e3, 2), "speedup": round(best_eager / compiled, 3),
-            "first_compiled_call_s": round(compile_s, 1)}
 
 
 def main() -> int:
@@ -332,61 +171,81 @@ def main() -> int:
     ap.add_argument("--stability-steps", type=int, default=200)
     ap.add_argument("--stability-batch", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="a few steps everywhere (checks the script)")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="run every section on CPU at toy sizes (fp16 and whole-layer compile skipped)")
     args = ap.parse_args()
-    if args.quick:
-        args.steps, args.stability_steps = 2, 20
+    smoke = args.cpu_smoke
+    if args.quick or smoke:
+        args.steps, args.stability_steps = 2, (6 if smoke else 20)
 
+    from pipeline.distributed import DistEnv, init_distributed, resolve_device
     import torch
-    if not torch.cuda.is_available():
+    if not smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible (torch.cuda.is_available() is False; torch "
               f"{torch.__version__}, CUDA build {torch.version.cuda}): run this on a machine with an NVIDIA "
               "GPU and a CUDA build of torch. Nothing was measured.", file=sys.stderr)
         return 2
+    device = resolve_device("cpu" if smoke else "cuda")  # before deepspeed is imported (DS_ACCELERATOR)
 
     rep = Report(out_path(), args.budget_s)
+    rep.data["mode"] = "cpu-smoke (toy sizes: not a measurement)" if smoke else "gpu"
     print(f"gpu_check: writing {rep.path}", flush=True)
-    rep.section("environment", environment)
-    mm = rep.section("matmul", matmul_rate) or {}
+    rep.section("environment", lambda: S.environment(device))
+    mm = rep.section("matmul", lambda: S.matmul_rate(device, *((256, 3) if smoke else ()))) or {}
     peak = mm.get("bf16_tflops", 0.0)
 
-    # The engines need a process group (NCCL, world size 1), as pipeline.train starts it.
-    def start_dist():
-        from pipeline.distributed import DistEnv, init_distributed, resolve_device
-        resolve_device("cuda")
-        init_distributed(DistEnv(0, 0, 1, "127.0.0.1", free_port()), "cuda", 600)
+    def start_dist():  # the engines need a process group (NCCL or gloo, world size 1), as training has
+        init_distributed(DistEnv(0, 0, 1, "127.0.0.1", free_port()), device, 600)
         return {"ok": True}
     dist_ok = rep.section("distributed_init", start_dist)
 
-    flops: Dict[str, float] = {}
-    rep.data["throughput"] = {}
+    tp: Dict[str, Any] = rep.data.setdefault("throughput", {})
+    loader: Dict[str, Any] = {}
     for key, exp, ov, batch in MODELS:
+        batch = 4 if smoke else batch
+
         def count(exp=exp, ov=ov, batch=batch):
-            return {"flops_per_image_fwd_bwd": step_flops(_config(exp, ov, "bf16", batch))}
+            return {"flops_per_image_fwd_bwd": S.step_flops(S.config(exp, ov, "bf16", batch, device, smoke), device)}
         fl = rep.section(f"flops_{key}", count, need_s=5, limit_s=60) or {}
-        flops[key] = fl.get("flops_per_image_fwd_bwd", 0.0)
-        for prec in ("bf16", "fp16"):
-            name = f"{key}_{prec}"
-            if not dist_ok:
-                rep.data["throughput"][name] = {"error": "no process group (see distributed_init)"}
+        flops = fl.get("flops_per_image_fwd_bwd", 0.0)
+        runs = [("bf16", "none"), ("bf16", "cell"), ("fp16", "none")]
+        for prec, mode in runs:
+            name = f"{key}_{prec}" + ("_cell" if mode == "cell" else "")
+            if mode == "cell" and not key.startswith(RECURRENT):
                 continue
-            rep.section(f"_tp", lambda exp=exp, ov=ov, prec=prec, batch=batch, key=key: throughput(
-                exp, ov, prec, batch, args.steps, peak, flops[key]), need_s=15, limit_s=90)
-            rep.data["throughput"][name] = rep.data.pop("_tp")
-            rep.save()
+            if prec == "fp16" and device == "cpu":
+                tp[name] = {"skipped": "fp16 training needs a GPU"}
+                continue
+            if not dist_ok:
+                tp[name] = {"error": "no process group (see distributed_init)"}
+                continue
+            rep.section(name, lambda exp=exp, ov=ov, prec=prec, mode=mode, batch=batch, flops=flops: S.throughput(
+                S.config(exp, ov, prec, batch, device, smoke, mode), device, args.steps, peak, flops),
+                need_s=15, limit_s=120 if mode == "cell" else 90, into=tp)
+        if key == "pixelcnn_12x128_64":  # both 64x64 rates are in: the loader is compared to them
+            loader = rep.section("loader_64", lambda: S.loader_rate(
+                S.config("imagenet64_diagonal_bilstm", [], "bf16", 4 if smoke else 32, device, smoke),
+                128 if smoke else 4096, 4 if smoke else 100), need_s=20, limit_s=90) or {}
+    rep.data["targets"] = targets(tp, loader)
+    rep.save()
+    print(f"[targets] {json.dumps(rep.data['targets'])}", flush=True)
 
     for prec in ("fp16", "bf16"):
-        if dist_ok:
-            rep.section(f"stability_{prec}", lambda prec=prec: stability(prec, args.stability_steps,
-                                                                           args.stability_batch),
-                        need_s=30, limit_s=90)
-    rep.section("torch_compile_diagonal_bilstm_32", lambda: compile_effect(
-        "imagenet32_diagonal_bilstm", 16, args.steps), need_s=40, limit_s=150)
-    rep.section("torch_compile_row_lstm_32", lambda: compile_effect(
-        "imagenet32_row_lstm", 16, args.steps), need_s=40, limit_s=120)
+        if prec == "fp16" and device == "cpu":
+            rep.data["stability_fp16"] = {"skipped": "fp16 training needs a GPU"}
+        elif dist_ok:
+            rep.section(f"stability_{prec}", lambda prec=prec: S.stability(S.config(
+                "imagenet32_diagonal_bilstm", ["optim.warmup_steps=20"], prec, 4 if smoke else args.stability_batch,
+                device, smoke, steps=args.stability_steps), device, args.stability_steps), need_s=30, limit_s=100)
+    if smoke:
+        rep.data["layer_compile_diagonal_bilstm_32"] = {"skipped": "whole-layer compile takes minutes on CPU"}
+    else:
+        rep.section("layer_compile_diagonal_bilstm_32", lambda: S.layer_compile_effect(
+            S.config("imagenet32_diagonal_bilstm", [], "bf16", 16, device, smoke), device, args.steps),
+            need_s=40, limit_s=150)
     rep.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     rep.save()
-    errors = [k for k, v in rep.data.items() if isinstance(v, dict) and "error" in v]
-    errors += [f"throughput.{k}" for k, v in rep.data["throughput"].items() if isinstance(v, dict) and "error" in v]
+    errors = errors_in({k: v for k, v in rep.data.items()})
     print(f"gpu_check: done in {rep.data['elapsed_s']}s; {len(errors)} section(s) with errors {errors}; "
           f"results in {rep.path}")
     return 0 if not errors else 1

@@ -83,6 +83,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 10   # consecutive non-finite losses before the run stops
     dist_timeout_s: int = 600       # collective timeout: a lost rank fails the job after this long
     device: str = "auto"            # auto | cpu | cuda
+    compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
+                                    # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
 
 
 @dataclass
@@ -166,6 +168,7 @@ CHOICES = {
     "train.precision": ("bf16", "fp16", "fp32"),
     "train.zero_stage": (0, 1, 2, 3),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.compile": ("none", "cell"),
     "data.on_corrupt": ("error", "skip"),
     "data.prepare": ("none", "synthetic"),
     "kind": ("train", "preprocess"),

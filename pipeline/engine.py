@@ -64,6 +64,9 @@ def initialize(cfg: ExperimentConfig, ds_config: Dict[str, Any]) -> Tuple[Any, t
     import deepspeed
     torch.manual_seed(cfg.train.seed)
     model = build(cfg)
+    if cfg.train.compile == "cell":
+        from pipeline.models import compile_cells
+        compile_cells(model)
     objective = BitsPerDim(model)
     optimizer = make_optimizer(cfg.optim, objective.parameters())
     schedule = lr_lambda(cfg.optim, cfg.train.max_steps)

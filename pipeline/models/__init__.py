@@ -13,7 +13,7 @@ from typing import Any, Dict, Type
 
 import torch.nn as nn
 
-from .base import PixelRNNBase, count_parameters
+from .base import PixelRNNBase, compile_cells, count_parameters
 from .diagonal_bilstm import DiagonalBiLSTM
 from .multiscale import MultiScalePixelRNN
 from .pixelcnn import PixelCNN
@@ -34,5 +34,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-__all__ = ["MODELS", "build_model", "count_parameters", "PixelRNNBase", "PixelCNN", "RowLSTM",
+__all__ = ["MODELS", "build_model", "compile_cells", "count_parameters", "PixelRNNBase", "PixelCNN", "RowLSTM",
            "DiagonalBiLSTM", "MultiScalePixelRNN"]

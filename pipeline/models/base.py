@@ -44,6 +44,21 @@ def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = -1) -> Tuple
     return h, c
 
 
+def compile_cells(model: nn.Module) -> int:
+    """Fuse each recurrent layer's LSTM cell into one compiled kernel, forward and backward.
+
+    The cell (3 sigmoids, 2 tanh, 3 products, a sum) is ~10 small kernels per recurrence step, and a
+    64x64 Diagonal BiLSTM layer runs 127 steps: on a GPU those launches, not the FLOPs, set the pace.
+    dynamic=True because the diagonals' lengths change from step to step. Returns the number of
+    layers changed (`train.compile=cell`; the numbers are compared in bench/gpu_check.py).
+    """
+    fused = torch.compile(lstm_cell, dynamic=True, fullgraph=True)
+    layers = [m for m in model.modules() if getattr(m, "cell", None) is lstm_cell]
+    for m in layers:
+        m.cell = fused
+    return len(layers)
+
+
 def scale_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Integer pixels 0..255 -> [-1, 1] in `dtype` (the paper only scales/centres inputs)."""
     work = torch.float64 if dtype == torch.float64 else torch.float32

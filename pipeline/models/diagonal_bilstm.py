@@ -63,6 +63,7 @@ class DiagonalBiLSTMLayer(nn.Module):
         self.c0 = nn.Parameter(torch.zeros(2, h))
         self.state_to_output = MaskedLinear(h, 2 * h, "B")
         self.cond_proj = nn.Linear(cond_maps, 8 * h) if cond_maps else None
+        self.cell = lstm_cell  # train.compile=cell swaps in a fused one (base.compile_cells)
 
     def forward(self, v: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, _, n, _ = v.shape
@@ -111,7 +112,7 @@ class DiagonalBiLSTMLayer(nn.Module):
             # [2, m, B, *] -> [2, m*B, *] is a view (m and B adjacent): batched matmuls over directions.
             gates = torch.baddbmm(gis_t.reshape(2, m * b, 4 * h), left.reshape(2, m * b, h), w_left)
             gates = torch.baddbmm(gates, above.reshape(2, m * b, h), w_above)
-            hp, cp = lstm_cell(gates.view(2, m, b, 4 * h), c_left)
+            hp, cp = self.cell(gates.view(2, m, b, 4 * h), c_left)
             outs.append(hp)
         return torch.cat(outs, 1)
 
@@ -147,7 +148,7 @@ class DiagonalBiLSTMLayer(nn.Module):
         gates = gates + torch.cat([hl[:, :, i + 1, j], hl[:, :, i, j + 1]], 1) @ self.state_to_state[0]
         if cache["cond"] is not None:
             gates = gates + cache["cond"][:, : 4 * h, i, j]
-        hn, cn = lstm_cell(gates, cl[:, :, i, j])
+        hn, cn = self.cell(gates, cl[:, :, i, j])
         hl[:, :, i + 1, j + 1] = hn
         cl[:, :, i, j + 1] = cn
         if i > 0:
@@ -164,7 +165,7 @@ class DiagonalBiLSTMLayer(nn.Module):
             gis = gis + cache["cond"][:, 4 * h:, i].transpose(1, 2)
         for j in range(hr.shape[3] - 2, -1, -1):
             gates = gis[:, j] + torch.cat([hr[:, :, i + 1, j + 1], hr[:, :, i, j]], 1) @ self.state_to_state[1]
-            hr[:, :, i + 1, j], cr[:, :, i, j] = lstm_cell(gates, cr[:, :, i, j + 1])
+            hr[:, :, i + 1, j], cr[:, :, i, j] = self.cell(gates, cr[:, :, i, j + 1])
 
 
 class DiagonalBiLSTM(PixelRNNBase):

@@ -35,6 +35,7 @@ class RowLSTMLayer(LayerCacheMixin, nn.Module):
         self.c0 = nn.Parameter(torch.zeros(h))
         self.state_to_output = MaskedConv2d(h, 2 * h, 1, "B")  # residual connection h -> 2h
         self.cond_proj = nn.Conv2d(cond_maps, 4 * h, 1) if cond_maps else None
+        self.cell = lstm_cell  # train.compile=cell swaps in a fused one (base.compile_cells)
 
     def forward(self, v: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, _, n, w = v.shape
@@ -46,7 +47,7 @@ class RowLSTMLayer(LayerCacheMixin, nn.Module):
         rows = []
         for gis_i in gis.unbind(2):  # unbind: per-row slicing would make backward quadratic
             gates = gis_i + F.conv1d(h, self.state_to_state, padding=self.kernel // 2)
-            h, c = lstm_cell(gates, c, dim=1)
+            h, c = self.cell(gates, c, dim=1)
             rows.append(h)
         out = self.state_to_output(torch.stack(rows, 2))
         return v + out if self.residual else out
@@ -78,7 +79,7 @@ class RowLSTMLayer(LayerCacheMixin, nn.Module):
                  + F.linear(hm[:, :, i, j:j + k].flatten(1), cache["w_ss"]))
         if cache["cond"] is not None:
             gates = gates + cache["cond"][:, :, i, j]
-        h, c = lstm_cell(gates, cm[:, :, i, j])
+        h, c = self.cell(gates, cm[:, :, i, j])
         hm[:, :, i + 1, j + p] = h
         cm[:, :, i + 1, j] = c
         out = F.linear(h, cache["w_out"], self.state_to_output.bias)
