@@ -64,7 +64,8 @@ def build(source, split: str, sizes: Iterable[int], out, *, workers: int = 1,
     render this task's blocks and return a status dict (run :func:`finalize` after all tasks)."""
     sizes = _check_args(split, sizes, shard_size, resize, workers, num_tasks, task_id)
     out = Path(out)
-    src = open_source(source, split, val_labels, class_map)
+    # K array tasks would each list a tar source again: the first one saves the listing for the rest
+    src = open_source(source, split, val_labels, class_map, cache_dir=out / ".listing")
     n = len(src.items)
     keys = make_keys(src.items)
     order = np.random.default_rng(seed).permutation(n)
@@ -126,6 +127,7 @@ CHUNK = 32
 
 def _chunk_size(total: int, workers: int) -> int:
     return max(1, min(CHUNK, total // (16 * workers)))
+
 
 # Worker state: set once per process by _init (under fork the context is inherited, not pickled).
 _WORKER: dict = {}

@@ -24,6 +24,7 @@ import tarfile
 from pathlib import Path
 from typing import List
 
+from . import listing_cache
 from .arrays import NPZ_TRAIN, NPZ_VAL, is_cifar_dir, npz_files, open_cifar, open_npz
 from .errors import PreprocessError
 from .labels import WNID, read_val_labels
@@ -39,15 +40,21 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def open_source(source, split: str, val_labels=None, class_map=None) -> Source:
-    """Detect the source kind and return its items; PreprocessError if unrecognised or empty."""
+def open_source(source, split: str, val_labels=None, class_map=None, cache_dir=None) -> Source:
+    """Detect the source kind and return its items; PreprocessError if unrecognised or empty.
+    With `cache_dir`, a tar source's listing is read from / saved to it (see listing_cache.py)."""
     path = Path(source)
     if not path.exists():
         raise PreprocessError(f"source {path} does not exist")
     if path.is_dir():
         src = _open_dir(path, split, val_labels, class_map)
     elif path.is_file():
-        src = _open_file(path, split, val_labels, class_map)
+        cached = listing_cache.cache_path(cache_dir, path, split, val_labels, class_map) if cache_dir else None
+        src = listing_cache.load(cached, path) if cached else None
+        if src is None:
+            src = _open_file(path, split, val_labels, class_map)
+            if cached and src.items:
+                listing_cache.save(cached, src)
     else:
         raise PreprocessError(f"source {path} is neither a file nor a directory")
     if not src.items:

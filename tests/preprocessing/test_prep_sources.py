@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocessing import PreprocessError, build
+from preprocessing import PreprocessError, build, finalize, sources
 from preprocessing.arrays import safe_unpickle
 
-from prep_helpers import encode, noise_image, read_samples, write
+from prep_helpers import encode, noise_image, output_bytes, read_samples, write
 
 WNIDS = ["n01440764", "n01443537", "n02119789"]
 
@@ -53,10 +53,9 @@ def test_imagenet_train_dir(tmp_path, imagenet_files):
     assert [s["count"] for s in manifest["shards"]] == [5, 5, 2]
 
 
-def test_imagenet_train_tar_of_tars(tmp_path, imagenet_files):
-    outer_path = tmp_path / "ILSVRC2012_img_train.tar"
+def _tar_of_tars(outer_path, files):
     with tarfile.open(outer_path, "w") as outer:
-        for wnid, d in imagenet_files.items():
+        for wnid, d in files.items():
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as inner:
                 for name, data in d.items():
@@ -66,10 +65,47 @@ def test_imagenet_train_tar_of_tars(tmp_path, imagenet_files):
             ti = tarfile.TarInfo(f"{wnid}.tar")
             ti.size = len(buf.getvalue())
             outer.addfile(ti, io.BytesIO(buf.getvalue()))
+    return outer_path
+
+
+def test_imagenet_train_tar_of_tars(tmp_path, imagenet_files):
+    outer_path = _tar_of_tars(tmp_path / "ILSVRC2012_img_train.tar", imagenet_files)
     build(outer_path, "train", [16], tmp_path / "out", shard_size=5, progress=False)
     manifest, samples = _check_imagenet(tmp_path / "out", imagenet_files)
     assert manifest["source_kind"] == "imagenet-train-tar"
     assert samples[0]["json"]["source"].split("/")[0].endswith(".tar")
+
+
+def test_array_tasks_list_a_tar_once_and_a_changed_tar_again(tmp_path, imagenet_files, monkeypatch):
+    """Task 0 lists the tar and saves the listing beside the output; task 1 reads it (listing the
+    tar would raise here) and the result equals a one-task build; a changed tar is listed again."""
+    outer_path = _tar_of_tars(tmp_path / "ILSVRC2012_img_train.tar", imagenet_files)
+    build(outer_path, "train", [16], tmp_path / "one", shard_size=5, progress=False)
+    out = tmp_path / "out"
+    build(outer_path, "train", [16], out, shard_size=5, num_tasks=2, task_id=0, progress=False)
+    assert len(list((out / ".listing").glob("train-*.json.gz"))) == 1
+
+    def no_listing(*a, **k):
+        raise AssertionError("the tar was listed again")
+    monkeypatch.setattr(sources, "_open_tar", no_listing)
+    build(outer_path, "train", [16], out, shard_size=5, num_tasks=2, task_id=1, progress=False)
+    finalize(out, "train")
+    assert output_bytes(out) == output_bytes(tmp_path / "one")
+
+    changed = dict(imagenet_files)
+    changed[WNIDS[0]] = {**imagenet_files[WNIDS[0]], f"{WNIDS[0]}_999.JPEG": encode(noise_image(50, 40, 9), "JPEG")}
+    _tar_of_tars(outer_path, changed)
+    with pytest.raises(AssertionError, match="listed again"):
+        build(outer_path, "train", [16], tmp_path / "other", shard_size=5, progress=False)
+    monkeypatch.undo()
+    cache = out / ".listing"
+    assert len(sources.open_source(outer_path, "train", cache_dir=cache).items) == 13  # listed and saved
+    for p in cache.glob("train-*.json.gz"):
+        p.write_bytes(b"\x1f\x8b truncated")
+    calls, real = [], sources._open_tar
+    monkeypatch.setattr(sources, "_open_tar", lambda *a: calls.append(1) or real(*a))
+    assert len(sources.open_source(outer_path, "train", cache_dir=cache).items) == 13
+    assert calls == [1]  # a corrupt listing is not trusted: the tar is listed again
 
 
 def _val_files(n=9):
