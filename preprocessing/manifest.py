@@ -83,8 +83,9 @@ def prepare_output(out: Path, size: int, split: str, state: dict, overwrite: boo
         if old.get("png_encoder") != state["png_encoder"]:
             # Pixels would still match, but the shards written from now on would not be
             # byte-identical to the ones already there (and to an uninterrupted build).
-            raise PreprocessError(f"{d} was started with another PNG encoder ({old.get('png_encoder')!r}, now "
-                                  f"{state['png_encoder']!r}): finish it with that version, or pass --overwrite")
+            before = old.get("png_encoder") or "Pillow's, from a version of this tool that did not record it"
+            raise PreprocessError(f"{d} was started with another PNG encoder ({before}; now {state['png_encoder']}): "
+                                  "finish it with that version, or pass --overwrite")
         return
     elif _outputs(out, size, split):
         raise PreprocessError(f"{d} already holds {split} output but no build state ({sp.name}); "
