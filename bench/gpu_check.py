@@ -4,7 +4,8 @@
     python bench/gpu_check.py --cpu-smoke   # the same code on toy sizes on CPU (tests/test_gpu_check.py)
 
 Measures, most important first (each section in its own try/except: an error is recorded in the JSON,
-not raised; a section that would start after the time budget is recorded as skipped):
+not raised; a section that would start after the time budget is recorded as skipped). Order: environment,
+matmul, the two 64x64 models, the loader, `targets`, stability, the other models, whole-layer compile:
 
 1. environment (GPU, torch / CUDA / DeepSpeed, commit) and the dense bf16/fp16/tf32 matmul rate, the
    denominator of the model FLOP utilisation (MFU);
@@ -18,7 +19,8 @@ not raised; a section that would start after the time budget is recorded as skip
 4. `targets`: Diagonal BiLSTM / PixelCNN FLOP/s at 64x64 (>= 0.3), loader / training (>= 3), and
    which train.compile is faster;
 5. stability: DeepSpeed fp16 (dynamic loss scale) and bf16 training of the Diagonal BiLSTM at 32x32
-   for 200 steps: non-finite losses, overflow-skipped steps, loss scale, loss first vs last;
+   for 200 steps with the faster train.compile (each stops early at 80 s, saying how far it got):
+   non-finite losses, overflow-skipped steps, loss scale, loss first vs last;
 6. torch.compile of whole recurrent layers (unrolled; long compile) vs eager, plain PyTorch.
 
 Where no GPU is present it stops at once with exit status 2 (unless --cpu-smoke). The JSON goes to
@@ -167,7 +169,7 @@ def targets(tp: Dict[str, Any], loader: Dict[str, Any]) -> Dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-s", type=float, default=270, help="stop starting sections after this")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per throughput measurement")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per throughput measurement")
     ap.add_argument("--stability-steps", type=int, default=200)
     ap.add_argument("--stability-batch", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="a few steps everywhere (checks the script)")
@@ -201,42 +203,51 @@ def main() -> int:
 
     tp: Dict[str, Any] = rep.data.setdefault("throughput", {})
     loader: Dict[str, Any] = {}
-    for key, exp, ov, batch in MODELS:
+
+    def measure(key, exp, ov, batch):
         batch = 4 if smoke else batch
 
-        def count(exp=exp, ov=ov, batch=batch):
+        def count():
             return {"flops_per_image_fwd_bwd": S.step_flops(S.config(exp, ov, "bf16", batch, device, smoke), device)}
         fl = rep.section(f"flops_{key}", count, need_s=5, limit_s=60) or {}
-        flops = fl.get("flops_per_image_fwd_bwd", 0.0)
-        runs = [("bf16", "none"), ("bf16", "cell"), ("fp16", "none")]
-        for prec, mode in runs:
+        for prec, mode in (("bf16", "none"), ("bf16", "cell"), ("fp16", "none")):
             name = f"{key}_{prec}" + ("_cell" if mode == "cell" else "")
             if mode == "cell" and not key.startswith(RECURRENT):
                 continue
             if prec == "fp16" and device == "cpu":
                 tp[name] = {"skipped": "fp16 training needs a GPU"}
-                continue
-            if not dist_ok:
+            elif not dist_ok:
                 tp[name] = {"error": "no process group (see distributed_init)"}
-                continue
-            rep.section(name, lambda exp=exp, ov=ov, prec=prec, mode=mode, batch=batch, flops=flops: S.throughput(
-                S.config(exp, ov, prec, batch, device, smoke, mode), device, args.steps, peak, flops),
-                need_s=15, limit_s=120 if mode == "cell" else 90, into=tp)
-        if key == "pixelcnn_12x128_64":  # both 64x64 rates are in: the loader is compared to them
-            loader = rep.section("loader_64", lambda: S.loader_rate(
-                S.config("imagenet64_diagonal_bilstm", [], "bf16", 4 if smoke else 32, device, smoke),
-                128 if smoke else 4096, 4 if smoke else 100), need_s=20, limit_s=90) or {}
+            else:
+                rep.section(name, lambda prec=prec, mode=mode: S.throughput(
+                    S.config(exp, ov, prec, batch, device, smoke, mode), device, args.steps, peak,
+                    fl.get("flops_per_image_fwd_bwd", 0.0)), need_s=15, limit_s=120 if mode == "cell" else 90, into=tp)
+
+    # 1. the two 64x64 models of the FLOP/s target, then the loader against them, then the targets
+    for key, exp, ov, batch in MODELS[:2]:
+        measure(key, exp, ov, batch)
+    loader = rep.section("loader_64", lambda: S.loader_rate(
+        S.config("imagenet64_diagonal_bilstm", [], "bf16", 4 if smoke else 32, device, smoke),
+        128 if smoke else 4096, 4 if smoke else 100), need_s=20, limit_s=90) or {}
     rep.data["targets"] = targets(tp, loader)
     rep.save()
     print(f"[targets] {json.dumps(rep.data['targets'])}", flush=True)
 
+    # 2. fp16 loss scaling and bf16 over 200 steps, with the faster train.compile (each stops early at 80 s)
+    mode = rep.data["targets"].get("train_compile_default", "none")
     for prec in ("fp16", "bf16"):
         if prec == "fp16" and device == "cpu":
             rep.data["stability_fp16"] = {"skipped": "fp16 training needs a GPU"}
         elif dist_ok:
             rep.section(f"stability_{prec}", lambda prec=prec: S.stability(S.config(
                 "imagenet32_diagonal_bilstm", ["optim.warmup_steps=20"], prec, 4 if smoke else args.stability_batch,
-                device, smoke, steps=args.stability_steps), device, args.stability_steps), need_s=30, limit_s=100)
+                device, smoke, mode, steps=args.stability_steps), device, args.stability_steps, 80),
+                need_s=30, limit_s=150)
+
+    # 3. the other models, then whole-layer compilation
+    for key, exp, ov, batch in MODELS[2:]:
+        measure(key, exp, ov, batch)
+    rep.data["targets"] = targets(tp, loader)  # now with every model's eager vs cell
     if smoke:
         rep.data["layer_compile_diagonal_bilstm_32"] = {"skipped": "whole-layer compile takes minutes on CPU"}
     else:

@@ -174,14 +174,17 @@ def throughput(cfg, device: str, steps: int, peak_tflops: float, flops_per_image
     return r
 
 
-def stability(cfg, device: str, steps: int) -> Dict[str, Any]:
+def stability(cfg, device: str, steps: int, time_limit_s: float = 1e9) -> Dict[str, Any]:
     """`steps` optimizer steps on fresh structured batches: non-finite losses, overflow-skipped steps,
-    the fp16 loss scale every 20 steps, and whether the loss went down."""
-    import torch
+    the fp16 loss scale every 20 steps, and whether the loss went down. Stops early (recording how
+    far it got) after `time_limit_s`, so a slow GPU still reports what it measured."""
     engine, _ = _engine(cfg)
     batch = cfg.train.micro_batch_size
     losses, nonfinite, scales = [], 0, []
+    t0 = time.perf_counter()
     for i in range(steps):
+        if time.perf_counter() - t0 > time_limit_s:
+            break
         loss = engine(images(batch, cfg.model.image_size, device, seed=i)).mean()
         v = loss.item()
         nonfinite += not math.isfinite(v)
@@ -190,10 +193,12 @@ def stability(cfg, device: str, steps: int) -> Dict[str, Any]:
         engine.step()
         if i % 20 == 0 or i == steps - 1:
             scales.append(_loss_scale(engine))
-    k = max(1, min(10, steps // 4))
+    done = len(losses)
+    k = max(1, min(10, done // 4))
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     r = {"model": f"{cfg.model.name} {cfg.model.layers}x{cfg.model.hidden} at {cfg.model.image_size}px",
-         "steps": steps, "micro_batch": batch, "nonfinite_losses": nonfinite,
+         "compile": cfg.train.compile, "steps": steps, "steps_done": done,
+         "seconds": round(time.perf_counter() - t0, 1), "micro_batch": batch, "nonfinite_losses": nonfinite,
          "overflow_skipped_steps": int(getattr(engine, "skipped_steps", 0) or 0),
          f"loss_first{k}_mean": round(first, 4), f"loss_last{k}_mean": round(last, 4),
          "loss_scale_every20": scales if cfg.train.precision == "fp16" else None,

@@ -33,7 +33,9 @@ def test_cpu_smoke_fills_every_section_without_errors(tmp_path):
     assert set(t) >= {"diag64_vs_pixelcnn64_flops_eager", "diag64_vs_pixelcnn64_flops_cell",
                       "loader_vs_training_64", "cell_vs_eager_images_per_s", "train_compile_default"}
     assert t["train_compile_default"] in ("none", "cell")
-    assert data["stability_bf16"]["steps"] == 6 and data["stability_bf16"]["nonfinite_losses"] == 0
+    assert data["stability_bf16"]["steps_done"] == 6 and data["stability_bf16"]["nonfinite_losses"] == 0
+    assert data["stability_fp16"] == {"skipped": "fp16 training needs a GPU"}
+    assert data["layer_compile_diagonal_bilstm_32"]["skipped"]
 
 
 def test_without_a_gpu_it_stops_at_once_saying_so(tmp_path):
