@@ -256,7 +256,7 @@ def main() -> int:
             need_s=40, limit_s=150)
     rep.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     rep.save()
-    errors = errors_in({k: v for k, v in rep.data.items()})
+    errors = errors_in(rep.data)
     print(f"gpu_check: done in {rep.data['elapsed_s']}s; {len(errors)} section(s) with errors {errors}; "
           f"results in {rep.path}")
     return 0 if not errors else 1
