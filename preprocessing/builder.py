@@ -243,6 +243,7 @@ def _render_blocks(ctx: _Context, jobs, method, exif_transpose, workers, progres
         if pool is not None:
             # On an error: queued tasks are dropped; the ones running (a chunk each) finish first.
             pool.shutdown(wait=True, cancel_futures=True)
+        _WORKER.clear()  # workers=1 rendered in this process: do not keep the source listing alive
 
 
 def finalize(out, split: str, sizes: Optional[Iterable[int]] = None) -> Dict[int, dict]:
