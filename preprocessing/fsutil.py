@@ -23,12 +23,16 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = False) -> None:
     means that step is redone; an fsync costs ~10 ms each on network filesystems."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an interrupt mid-write leaves no half file behind
+        raise
 
 
 def dump_json(obj) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -64,5 +63,4 @@ def save(path: Path, src: Source) -> None:
     try:
         atomic_write_bytes(path, data)
     except OSError:
-        for p in Path(path).parent.glob(f".{Path(path).name}.tmp-*{os.getpid()}"):
-            p.unlink(missing_ok=True)
+        pass
