@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_wheels.sh          # -> .whl/ (git-ignored, ~33 MB): then, through the device tool,
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=330)
+#   (rehearse that first, here and at no device cost: bash bench/gpu_image_check.sh)
 #
 # Its image (Python 3.12, torch 2.11+cu130) has numpy, pillow, tqdm, psutil, pyyaml, einops, msgpack,
 # ninja, py-cpuinfo, packaging, nvidia-ml-py; it lacks DeepSpeed (and its hjson, pydantic), webdataset
