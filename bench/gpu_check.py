@@ -5,7 +5,8 @@
 
 Measures, most important first (each section in its own try/except: an error is recorded in the JSON,
 not raised; a section that would start after the time budget is recorded as skipped). Order: environment,
-matmul, the two 64x64 models, the loader, `targets`, stability, the other models, whole-layer compile:
+matmul, the two 64x64 models, the loader, `targets`, CUDA graphs, stability, the other models, whole-layer
+compile:
 
 1. environment (GPU, torch / CUDA / DeepSpeed, commit) and the dense bf16/fp16/tf32 matmul rate, the
    denominator of the model FLOP utilisation (MFU);
@@ -18,10 +19,13 @@ matmul, the two 64x64 models, the loader, `targets`, stability, the other models
    `preprocessing` builds here, against the Diagonal BiLSTM's training rate at 64x64;
 4. `targets`: Diagonal BiLSTM / PixelCNN FLOP/s at 64x64 (>= 0.3), loader / training (>= 3), and
    which train.compile is faster;
-5. stability: DeepSpeed fp16 (dynamic loss scale) and bf16 training of the Diagonal BiLSTM at 32x32
+5. CUDA graphs: the 64x64 Diagonal BiLSTM's whole forward and backward captured once
+   (`torch.cuda.make_graphed_callables`) vs eager, plain PyTorch bf16: the share of a step that is
+   kernel-launch overhead, the other half of "torch.compile and/or CUDA graphs";
+6. stability: DeepSpeed fp16 (dynamic loss scale) and bf16 training of the Diagonal BiLSTM at 32x32
    for 200 steps with the faster train.compile (each stops early at 80 s, saying how far it got):
    non-finite losses, overflow-skipped steps, loss scale, loss first vs last;
-6. torch.compile of whole recurrent layers (unrolled; long compile) vs eager, plain PyTorch.
+7. torch.compile of whole recurrent layers (unrolled; long compile) vs eager, plain PyTorch.
 
 Where no GPU is present it stops at once with exit status 2 (unless --cpu-smoke). The JSON goes to
 $OUT/gpu_check.json when OUT is set, else bench/gpu_check.json; it is rewritten (atomically) after
@@ -174,7 +178,7 @@ def main() -> int:
     ap.add_argument("--stability-batch", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="a few steps everywhere (checks the script)")
     ap.add_argument("--cpu-smoke", action="store_true",
-                    help="run every section on CPU at toy sizes (fp16 and whole-layer compile skipped)")
+                    help="run every section on CPU at toy sizes (fp16, CUDA graphs and whole-layer compile skipped)")
     args = ap.parse_args()
     smoke = args.cpu_smoke
     if args.quick or smoke:
@@ -233,7 +237,16 @@ def main() -> int:
     rep.save()
     print(f"[targets] {json.dumps(rep.data['targets'])}", flush=True)
 
-    # 2. fp16 loss scaling and bf16 over 200 steps, with the faster train.compile (each stops early at 80 s)
+    # 2. CUDA graphs of the 64x64 Diagonal BiLSTM's whole step (seconds to capture, unlike compile)
+    if smoke:
+        rep.data["cuda_graph_diagonal_bilstm_64"] = {"skipped": "CUDA graphs need a GPU"}
+    else:
+        flops64 = (rep.data.get("flops_diagonal_bilstm_12x128_64") or {}).get("flops_per_image_fwd_bwd", 0.0)
+        rep.section("cuda_graph_diagonal_bilstm_64", lambda: S.cuda_graph_effect(
+            S.config("imagenet64_diagonal_bilstm", [], "bf16", MODELS[0][3], device, smoke), device,
+            args.steps, flops64), need_s=20, limit_s=60)
+
+    # 3. fp16 loss scaling and bf16 over 200 steps, with the faster train.compile (each stops early at 80 s)
     mode = rep.data["targets"].get("train_compile_default", "none")
     for prec in ("fp16", "bf16"):
         if prec == "fp16" and device == "cpu":
@@ -244,7 +257,7 @@ def main() -> int:
                 device, smoke, mode, steps=args.stability_steps), device, args.stability_steps, 80),
                 need_s=30, limit_s=150)
 
-    # 3. the other models, then whole-layer compilation
+    # 4. the other models, then whole-layer compilation
     for key, exp, ov, batch in MODELS[2:]:
         measure(key, exp, ov, batch)
     rep.data["targets"] = targets(tp, loader)  # now with every model's eager vs cell

@@ -247,6 +247,56 @@ def layer_compile_effect(cfg, device: str, steps: int) -> Dict[str, Any]:
             "speedup": round(best_eager / compiled, 3), "first_compiled_call_s": round(compile_s, 1)}
 
 
+def cuda_graph_effect(cfg, device: str, steps: int, flops_per_image: float = 0.0) -> Dict[str, Any]:
+    """The whole model's forward and backward captured as CUDA graphs (torch.cuda.make_graphed_callables:
+    a step's thousands of small kernels replayed from two graphs) vs eager, plain PyTorch in bf16,
+    measured side by side on the same model. How much of a recurrent step is kernel-launch overhead."""
+    import torch
+    from pipeline.engine import build
+    from pipeline.models.base import nll_bits
+    torch.manual_seed(0)
+    model = build(cfg).to(device).to(torch.bfloat16)
+    batch = cfg.train.micro_batch_size
+    x = images(batch, cfg.model.image_size, device)
+
+    def fwd_bwd() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        # model(x), not model.bits_per_dim(x): the graphed forward takes exactly the captured arguments
+        loss = nll_bits(model(x), x).mean() / x[0].numel()
+        loss.backward()
+        return loss.detach()
+
+    def timed(n: int) -> float:
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(n):
+            fwd_bwd()
+        sync(device)
+        return (time.perf_counter() - t) / n
+    # The graphed forward replaces the module's own only in the training state it was captured in, so
+    # eval() gives the eager path (the models have no dropout or batch norm) and train() the graphs.
+    model.eval()
+    loss_eager = float(fwd_bwd())
+    eager = timed(steps)
+    model.train()
+    t = time.perf_counter()
+    torch.cuda.make_graphed_callables(model, (x,), allow_unused_input=True)
+    sync(device)
+    capture_s = time.perf_counter() - t
+    loss_graphed = float(fwd_bwd())
+    graphed = timed(steps)
+    model.eval()
+    best_eager = min(eager, timed(steps))  # eager again, so both are measured side by side
+    r = {"model": f"{cfg.model.name} {cfg.model.layers}x{cfg.model.hidden} at {cfg.model.image_size}px",
+         "micro_batch": batch, "eager_ms": round(best_eager * 1e3, 2), "graphed_ms": round(graphed * 1e3, 2),
+         "speedup": round(best_eager / graphed, 3), "capture_s": round(capture_s, 1),
+         "loss_eager": round(loss_eager, 5), "loss_graphed": round(loss_graphed, 5)}
+    if flops_per_image:
+        r["graphed_achieved_tflops"] = round(flops_per_image * batch / graphed / 1e12, 4)
+        r["eager_achieved_tflops"] = round(flops_per_image * batch / best_eager / 1e12, 4)
+    return r
+
+
 def loader_rate(cfg, images_total: int, batches: int) -> Dict[str, Any]:
     """images/s of the training loader (TrainStream + train_loader, the config's data.num_workers)
     on shards that `preprocessing` builds here from generated images, at the config's image size."""

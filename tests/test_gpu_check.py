@@ -1,7 +1,7 @@
 """bench/gpu_check.py, the script a GPU session runs once: it must work the first time.
 
-`--cpu-smoke` runs every section's code on CPU at toy sizes (fp16 and the whole-layer compile are
-skipped there, saying so); without a GPU and without the flag it stops at once, saying why."""
+`--cpu-smoke` runs every section's code on CPU at toy sizes (fp16, CUDA graphs and the whole-layer
+compile are skipped there, saying so); without a GPU and without the flag it stops at once, saying why."""
 import json
 import os
 import subprocess
@@ -36,6 +36,7 @@ def test_cpu_smoke_fills_every_section_without_errors(tmp_path):
     assert data["stability_bf16"]["steps_done"] == 6 and data["stability_bf16"]["nonfinite_losses"] == 0
     assert data["stability_fp16"] == {"skipped": "fp16 training needs a GPU"}
     assert data["layer_compile_diagonal_bilstm_32"]["skipped"]
+    assert data["cuda_graph_diagonal_bilstm_64"] == {"skipped": "CUDA graphs need a GPU"}
 
 
 def test_without_a_gpu_it_stops_at_once_saying_so(tmp_path):

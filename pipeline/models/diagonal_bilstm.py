@@ -9,6 +9,7 @@ Both directions share one recurrence (stacked on a leading dim, one batched matm
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,6 +27,7 @@ def diagonal_lengths(n: int) -> List[int]:
     return [min(t, n - 1) - max(0, t - n + 1) + 1 for t in range(2 * n - 1)]
 
 
+@functools.lru_cache(maxsize=None)
 def diagonal_order(n: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
     """Index vectors between raster order and skewed-column (diagonal) order of an n x n map.
 
@@ -33,10 +35,14 @@ def diagonal_order(n: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
     l2r[k] (for the mirrored map of the right-to-left direction: r2l[k]); *_inv map back.
     The order is defined by `skew`: the valid cells of the skewed map read column by column,
     top to bottom (each column is one step of the recurrence); `unskew` gives the inverse.
+    Built once per (n, device) and cached: eager forwards then make no index work at all. Every shape
+    here is static (a stable sort, not a boolean selection), so the GPU never waits for the host and a
+    CUDA graph capture or torch.compile of the layer can contain it.
     """
     ids = skew(torch.arange(1, n * n + 1, device=device).view(n, n))
     flat = ids.t().flatten()
-    l2r = flat[flat > 0] - 1
+    valid_first = torch.argsort((flat == 0).to(torch.int32), stable=True)[: n * n]  # order kept
+    l2r = flat[valid_first] - 1
     rank = torch.zeros(n * n + 1, dtype=torch.long, device=device)
     rank[l2r + 1] = torch.arange(n * n, device=device)
     l2r_inv = unskew(rank[ids]).flatten()

@@ -1,6 +1,9 @@
-"""`train.compile=cell`: the fused LSTM cell (torch.compile) computes what the eager cell does."""
+"""`train.compile=cell`: the fused LSTM cell (torch.compile) computes what the eager cell does; and
+every model's objective is one graph without host round-trips (what a CUDA graph capture needs)."""
 
+import pytest
 import torch
+import torch._dynamo
 
 from pipeline.models import build_model, compile_cells
 from pipeline.models.base import lstm_cell
@@ -29,3 +32,17 @@ def test_compiled_cells_match_eager_forward_and_backward():
 
 def test_pixelcnn_has_no_cell_to_compile():
     assert compile_cells(build_model("pixelcnn", image_size=5, layers=2, hidden=4, out_maps=8)) == 0
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "row_lstm", "diagonal_bilstm", "multiscale"])
+def test_objective_traces_as_one_graph(name):
+    """No data-dependent shape, no .item(), no host round-trip in bits_per_dim: TorchDynamo sees one
+    graph with no break. Such an op would stall a GPU once per layer and make CUDA graph capture
+    (bench/gpu_check.py's cuda_graph section) or whole-model compilation impossible."""
+    torch.manual_seed(0)
+    model = build_model(name, image_size=6, layers=2, hidden=4, out_maps=8)
+    x = torch.randint(0, 256, (2, 3, 6, 6), dtype=torch.uint8)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda images: model.bits_per_dim(images).sum())(x)
+    assert explained.graph_break_count == 0, [str(b.reason)[:300] for b in explained.break_reasons]
+    assert explained.graph_count == 1

@@ -10,7 +10,7 @@ from conftest import ALL, ARCHS, tiny
 from pipeline.models import MODELS, build_model, count_parameters
 from pipeline.models.__main__ import main as cli_main
 from pipeline.models.base import lstm_cell
-from pipeline.models.diagonal_bilstm import DiagonalBiLSTMLayer
+from pipeline.models.diagonal_bilstm import DiagonalBiLSTMLayer, diagonal_lengths, diagonal_order
 from pipeline.models.masks import mask_a, mask_b
 from pipeline.models.row_lstm import RowLSTMLayer
 from pipeline.models.skew import skew, unskew
@@ -34,6 +34,19 @@ def test_skew_unskew():
         assert torch.equal(s[:, r, r:r + 4], x[:, r])
         assert (s[:, r, :r] == 0).all() and (s[:, r, r + 4:] == 0).all()
     assert torch.equal(unskew(s), x)
+
+
+def test_diagonal_order_walks_the_diagonals_and_is_cached():
+    """Diagonal t of an n x n map holds pixels (r, t - r), top to bottom; the right-to-left order is the
+    same walk on the mirrored map; *_inv undo them. Built once per (n, device)."""
+    n = 5
+    l2r, r2l, l2r_inv, r2l_inv = diagonal_order(n, torch.device("cpu"))
+    walk = [(r, t - r) for t in range(2 * n - 1) for r in range(n) if 0 <= t - r < n]
+    assert l2r.tolist() == [r * n + j for r, j in walk]
+    assert r2l.tolist() == [r * n + (n - 1 - j) for r, j in walk]
+    assert torch.equal(l2r[l2r_inv], torch.arange(n * n)) and torch.equal(r2l[r2l_inv], torch.arange(n * n))
+    assert diagonal_lengths(n) == [sum(1 for r, j in walk if r + j == t) for t in range(2 * n - 1)]
+    assert diagonal_order(n, torch.device("cpu"))[0] is l2r
 
 
 def test_cell_input_uses_tanh():
