@@ -9,7 +9,8 @@ matmul, the two 64x64 models, the loader, `targets`, CUDA graphs, stability, the
 compile:
 
 1. environment (GPU, torch / CUDA / DeepSpeed, commit) and the dense bf16/fp16/tf32 matmul rate, the
-   denominator of the model FLOP utilisation (MFU);
+   denominator of the model FLOP utilisation (MFU); the training loop's collectives on NCCL
+   (`pipeline.distributed.agree`, `pipeline.evaluate`);
 2. for each model, FLOPs per image (torch's FlopCounterMode) and training throughput + peak memory
    through the real path (`pipeline.engine.initialize`, ZeRO-2, world size 1) in bf16, bf16 with
    `train.compile=cell` (the fused LSTM cell) and fp16: the 12-layer Diagonal BiLSTM (h=128) at 64x64,
@@ -204,6 +205,9 @@ def main() -> int:
         init_distributed(DistEnv(0, 0, 1, "127.0.0.1", free_port()), device, 600)
         return {"ok": True}
     dist_ok = rep.section("distributed_init", start_dist)
+    if dist_ok:  # the training loop's collectives on NCCL (cheap: before anything can cut the budget)
+        rep.section("training_collectives", lambda: S.training_collectives(
+            S.config("smoke", [], "bf16", 16, device, smoke), device), need_s=5, limit_s=60)
 
     tp: Dict[str, Any] = rep.data.setdefault("throughput", {})
     loader: Dict[str, Any] = {}

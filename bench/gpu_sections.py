@@ -297,6 +297,35 @@ def cuda_graph_effect(cfg, device: str, steps: int, flops_per_image: float = 0.0
     return r
 
 
+def training_collectives(cfg, device: str) -> Dict[str, Any]:
+    """The training loop's own collectives on this device's process group (NCCL on a GPU, which reduces
+    CUDA tensors only): the per-micro-batch agreement (`pipeline.distributed.agree`) for a finite and a
+    non-finite loss, and `pipeline.evaluate` of a model over shards that `preprocessing` builds here.
+    (The training loop itself needs MLflow, which the GPU image lacks; these are its collectives.)"""
+    import torch
+    import preprocessing
+    from pipeline.data import load_shard_set
+    from pipeline.distributed import agree
+    from pipeline.engine import build
+    from pipeline.evaluate import evaluate_bits_per_dim
+    finite = agree(torch.tensor(3.0, device=device), False)
+    nonfinite = agree(torch.tensor(float("nan"), device=device), True)
+    if finite != (False, 3.0, False) or nonfinite != (True, 0.0, True):
+        raise AssertionError(f"agree() gave {finite} and {nonfinite}")
+    size = cfg.model.image_size
+    model = build(cfg).to(device).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        preprocessing.make_synthetic(Path(tmp) / "img", num_images=40, classes=4, seed=0)
+        preprocessing.build(Path(tmp) / "img", "train", [size], Path(tmp) / "shards", shard_size=16,
+                            progress=False)
+        shards = load_shard_set(Path(tmp) / "shards", size, "train")
+        r = evaluate_bits_per_dim(model.bits_per_dim, shards, 0, 1, 16, device)
+    if r["samples"] != 40 or not math.isfinite(r["bits_per_dim"]):
+        raise AssertionError(f"evaluate gave {r}")
+    return {"agree_finite": list(finite), "agree_nonfinite": list(nonfinite),
+            "eval_bits_per_dim": round(r["bits_per_dim"], 4), "eval_samples": r["samples"], "ok": True}
+
+
 def loader_rate(cfg, images_total: int, batches: int) -> Dict[str, Any]:
     """images/s of the training loader (TrainStream + train_loader, the config's data.num_workers)
     on shards that `preprocessing` builds here from generated images, at the config's image size."""

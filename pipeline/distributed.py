@@ -5,6 +5,7 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
+from typing import Tuple
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,18 @@ def init_distributed(env: DistEnv, device: str, timeout_s: int) -> None:
         torch.cuda.set_device(env.local_rank)
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl",
                                timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def agree(loss, stop_asked: bool) -> Tuple[bool, float, bool]:
+    """Every rank's verdict on one micro-batch from one small all-reduce: (non-finite loss on any rank,
+    sum of the ranks' losses, stop asked on any rank). All ranks then take the same decision, so their
+    collectives never diverge. The flags live on the loss's device (NCCL reduces CUDA tensors only) and
+    the one `.tolist()` is the micro-batch's only wait for the GPU."""
+    import torch
+    import torch.distributed as dist
+    finite = torch.isfinite(loss.detach())
+    flags = torch.stack([(~finite).to(torch.float64), torch.where(finite, loss.detach().to(torch.float64), 0.0),
+                         torch.full((), float(stop_asked), dtype=torch.float64, device=loss.device)])
+    dist.all_reduce(flags)
+    bad, total, stop = flags.tolist()
+    return bad > 0, total, stop > 0

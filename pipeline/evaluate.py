@@ -27,17 +27,19 @@ def evaluate_bits_per_dim(bits_fn: Callable[[torch.Tensor], torch.Tensor], shard
     ZeRO-3 every forward is a collective.
     """
     paths, n_local = eval_batches(shards, rank, world, batch_size, max_batches)
-    n_steps = torch.tensor([n_local], dtype=torch.long)
+    # Reduced tensors live on the model's device: NCCL reduces CUDA tensors only.
+    n_steps = torch.tensor([n_local], dtype=torch.long, device=device)
     if world > 1:
         dist.all_reduce(n_steps, op=dist.ReduceOp.MAX)
-    total = torch.zeros(2, dtype=torch.float64)  # [sum of bits/dim, samples]
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of bits/dim, samples]
     batches = iterate_eval(paths, shards.size, batch_size, max_batches)
     filler = torch.zeros(1, 3, shards.size, shards.size, dtype=torch.uint8)
     for _ in range(int(n_steps.item())):
         x = next(batches, None)
         bpd = bits_fn((filler if x is None else x).to(device))
-        if x is not None:
-            total += torch.tensor([bpd.double().sum().item(), x.shape[0]], dtype=torch.float64)
+        if x is not None:  # summed on the device: no wait for the GPU per batch
+            total[0] += bpd.double().sum()
+            total[1] += x.shape[0]
     if world > 1:
         dist.all_reduce(total)
     return {"bits_per_dim": (total[0] / total[1]).item(), "samples": int(total[1].item())}

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from pipeline import checkpoint as ckpt
 from pipeline.config import ExperimentConfig, get_args_parser, load_config, to_yaml, validate
 from pipeline.data import TrainStream, load_shard_set, train_loader
-from pipeline.distributed import dist_env, init_distributed, resolve_device
+from pipeline.distributed import agree, dist_env, init_distributed, resolve_device
 from pipeline.ds_config import deepspeed_config, gradient_accumulation
 from pipeline.evaluate import evaluate_bits_per_dim
 from pipeline.fsutil import atomic_write_text
@@ -209,13 +209,9 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
                 x = next(batches).to(device)
                 consumed += 1
                 bpd = engine(x).mean()
-                # One small all-reduce: [non-finite anywhere?, loss sum, stop asked anywhere?]. Every rank
-                # then takes the same decision, so collectives never diverge.
-                flags = torch.tensor([float(not torch.isfinite(bpd).item()),
-                                      bpd.item() if torch.isfinite(bpd).item() else 0.0,
-                                      float(stop.signum is not None)], dtype=torch.float64)
-                dist.all_reduce(flags)
-                if flags[0] > 0:
+                # One small all-reduce: every rank takes the same decision, so collectives never diverge.
+                bad, loss_total, stop_asked = agree(bpd, stop.signum is not None)
+                if bad:
                     nonfinite_total += 1
                     consecutive_bad += 1
                     log.warning("non-finite loss at step %d: micro-batch skipped (%d in a row)", step, consecutive_bad)
@@ -229,7 +225,7 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
                 consecutive_bad = 0
                 engine.backward(bpd)
                 engine.step()
-                loss_sum += flags[1].item() / env.world_size
+                loss_sum += loss_total / env.world_size
                 done += 1
             step += 1
             train_bpd = loss_sum / accum
@@ -258,7 +254,7 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
                 val_bpd = run_eval()
             if step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
                 save()
-            if flags[2] > 0:
+            if stop_asked:
                 save()
                 tracker.suspend()
                 raise StopRequested(f"stopped by signal at step {step}; checkpoint {ckpt_dir / ckpt.latest_tag(ckpt_dir)}")

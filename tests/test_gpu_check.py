@@ -20,6 +20,8 @@ def test_cpu_smoke_fills_every_section_without_errors(tmp_path):
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["mode"].startswith("cpu-smoke") and data["finished"]
     assert data["environment"]["device"] == "cpu" and data["matmul"]["bf16_tflops"] > 0
+    tc = data["training_collectives"]
+    assert tc["ok"] and tc["agree_nonfinite"] == [True, 0.0, True] and tc["eval_samples"] == 40
     tp = data["throughput"]
     for key in ("diagonal_bilstm_12x128_64", "diagonal_bilstm_12x128_32", "row_lstm_12x384_32",
                 "row_lstm_4x512_nores_64"):
