@@ -121,16 +121,6 @@ def _engine(cfg):
     return engine, model
 
 
-def _loss_scale(engine):
-    for name in ("cur_scale", "loss_scale"):
-        v = getattr(engine.optimizer, name, None)
-        if isinstance(v, (int, float)):
-            return float(v)
-        if hasattr(v, "item"):
-            return float(v.item())
-    return None
-
-
 def throughput(cfg, device: str, steps: int, peak_tflops: float, flops_per_image: float) -> Dict[str, Any]:
     """Training images/s and peak memory through the real engine (DeepSpeed, this config's precision
     and train.compile); the first steps (compilation included) are timed apart as warm-up."""
@@ -178,6 +168,7 @@ def stability(cfg, device: str, steps: int, time_limit_s: float = 1e9) -> Dict[s
     """`steps` optimizer steps on fresh structured batches: non-finite losses, overflow-skipped steps,
     the fp16 loss scale every 20 steps, and whether the loss went down. Stops early (recording how
     far it got) after `time_limit_s`, so a slow GPU still reports what it measured."""
+    from pipeline.engine import loss_scale
     engine, _ = _engine(cfg)
     batch = cfg.train.micro_batch_size
     losses, nonfinite, scales = [], 0, []
@@ -192,7 +183,7 @@ def stability(cfg, device: str, steps: int, time_limit_s: float = 1e9) -> Dict[s
         engine.backward(loss)
         engine.step()
         if i % 20 == 0 or i == steps - 1:
-            scales.append(_loss_scale(engine))
+            scales.append(loss_scale(engine))
     done = len(losses)
     k = max(1, min(10, done // 4))
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k

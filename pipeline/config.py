@@ -277,6 +277,11 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
             f"'train.micro_batch_size' × ranks ({t.micro_batch_size} × {ws})")
     if t.precision == "fp16" and t.device == "cpu":
         raise ConfigError("'train.precision' fp16 needs a GPU ('train.device' is cpu): use bf16 or fp32")
+    if t.precision == "fp16" and t.zero_stage == 0:
+        # DeepSpeed's ZeRO-0 fp16 optimizer keeps its fp32 master weights out of the optimizer-state
+        # files that export and elastic resume read: they would get fp16-rounded weights.
+        raise ConfigError("'train.precision' fp16 needs 'train.zero_stage' >= 1 (at ZeRO-0 the fp32 master "
+                          "weights are not checkpointed where export reads them); ZeRO-1 costs nothing on one GPU")
     if cfg.data.prepare == "none" and not Path(cfg.data.root).exists():
         raise ConfigError(f"'data.root' does not exist: {cfg.data.root}")
 

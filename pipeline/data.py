@@ -221,6 +221,15 @@ def train_loader(stream: TrainStream, start: int = 0) -> Iterator[torch.Tensor]:
     return iter(loader)
 
 
+def to_device(x: torch.Tensor, device: str) -> torch.Tensor:
+    """A host batch on `device`. To a GPU through pinned memory and an asynchronous copy: a copy from
+    ordinary memory first waits for all queued GPU work, so the next forward could not be queued while
+    the previous backward still runs."""
+    if device == "cpu":
+        return x
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def eval_batches(shards: ShardSet, rank: int, world: int, batch_size: int,
                  max_batches: int = 0) -> Tuple[List[Path], int]:
     """This rank's validation shards (every world-th, in order) and its number of batches; each sample

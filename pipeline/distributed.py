@@ -42,7 +42,26 @@ def resolve_device(requested: str) -> str:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    elif os.environ.get("DS_ACCELERATOR", "cuda") != "cuda":
+        # e.g. inherited from a CPU run in the shell that submitted the job: DeepSpeed would put its
+        # buffers on the CPU while the model is on the GPU.
+        raise RuntimeError(f"train.device is {device} but DS_ACCELERATOR={os.environ['DS_ACCELERATOR']} is set "
+                           "in this environment: unset it (or set it to cuda)")
     return device
+
+
+def cuda_index(local_rank: int, visible: int) -> int:
+    """This task's GPU among the ones it sees: its local rank where every task sees all of its node's
+    GPUs, 0 where the cluster binds one GPU to each task (--gpus-per-task, --gpu-bind)."""
+    if visible < 1:
+        raise RuntimeError("train.device is cuda but this task sees no GPU (check CUDA_VISIBLE_DEVICES and the "
+                           "job's --gpus-per-node)")
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise RuntimeError(f"local rank {local_rank} but this task sees {visible} GPUs: expected all of the node's "
+                       "GPUs or exactly one per task")
 
 
 def _skip_shm_comm_build() -> None:
@@ -63,7 +82,9 @@ def init_distributed(env: DistEnv, device: str, timeout_s: int) -> None:
     if device == "cpu":
         _skip_shm_comm_build()
     else:
-        torch.cuda.set_device(env.local_rank)
+        index = cuda_index(env.local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        os.environ["LOCAL_RANK"] = str(index)  # DeepSpeed takes its device from LOCAL_RANK
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl",
                                timeout=datetime.timedelta(seconds=timeout_s))
 
@@ -71,8 +92,8 @@ def init_distributed(env: DistEnv, device: str, timeout_s: int) -> None:
 def agree(loss, stop_asked: bool) -> Tuple[bool, float, bool]:
     """Every rank's verdict on one micro-batch from one small all-reduce: (non-finite loss on any rank,
     sum of the ranks' losses, stop asked on any rank). All ranks then take the same decision, so their
-    collectives never diverge. The flags live on the loss's device (NCCL reduces CUDA tensors only) and
-    the one `.tolist()` is the micro-batch's only wait for the GPU."""
+    collectives never diverge. The flags live on the loss's device (NCCL reduces CUDA tensors only);
+    their one `.tolist()` waits for the forward, not three `.item()` calls."""
     import torch
     import torch.distributed as dist
     finite = torch.isfinite(loss.detach())

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -74,3 +74,15 @@ def initialize(cfg: ExperimentConfig, ds_config: Dict[str, Any]) -> Tuple[Any, t
         model=objective, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
     return engine, model
+
+
+def loss_scale(engine) -> Optional[float]:
+    """fp16's current dynamic loss scale; None in bf16 and fp32 (where DeepSpeed keeps a constant 1.0).
+    The ZeRO optimizers call it cur_scale; ZeRO-0's FP16_UnfusedOptimizer has only loss_scale."""
+    if not engine.fp16_enabled():
+        return None
+    for name in ("cur_scale", "loss_scale"):
+        value = getattr(engine.optimizer, name, None)
+        if value is not None:
+            return float(value.item() if hasattr(value, "item") else value)
+    return None

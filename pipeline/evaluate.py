@@ -14,7 +14,7 @@ from typing import Callable, Dict
 import torch
 import torch.distributed as dist
 
-from pipeline.data import ShardSet, eval_batches, iterate_eval
+from pipeline.data import ShardSet, eval_batches, iterate_eval, to_device
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def evaluate_bits_per_dim(bits_fn: Callable[[torch.Tensor], torch.Tensor], shard
     filler = torch.zeros(1, 3, shards.size, shards.size, dtype=torch.uint8)
     for _ in range(int(n_steps.item())):
         x = next(batches, None)
-        bpd = bits_fn((filler if x is None else x).to(device))
+        bpd = bits_fn(to_device(filler if x is None else x, device))
         if x is not None:  # summed on the device: no wait for the GPU per batch
             total[0] += bpd.double().sum()
             total[1] += x.shape[0]
@@ -47,6 +47,7 @@ def evaluate_bits_per_dim(bits_fn: Callable[[torch.Tensor], torch.Tensor], shard
 
 def main(argv=None) -> int:
     from pipeline.data import load_shard_set
+    from pipeline.distributed import resolve_device
     from pipeline.export import load_checkpoint_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,14 +56,16 @@ def main(argv=None) -> int:
     p.add_argument("--split", action="append", help="split(s) to evaluate (default: val)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-batches", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cuda, cpu, or auto: cuda when a GPU is visible")
     args = p.parse_args(argv)
-    model = load_checkpoint_model(args.checkpoint).eval()
+    device = resolve_device(args.device)
+    model = load_checkpoint_model(args.checkpoint, device).eval()
     size = model.config["image_size"]
     results = {}
     for split in args.split or ["val"]:
         shards = load_shard_set(args.data, size, split)
         t0 = time.time()
-        r = evaluate_bits_per_dim(model.bits_per_dim, shards, 0, 1, args.batch_size, "cpu", args.max_batches)
+        r = evaluate_bits_per_dim(model.bits_per_dim, shards, 0, 1, args.batch_size, device, args.max_batches)
         results[split] = dict(r, seconds=round(time.time() - t0, 2))
         print(f"{split}: {r['bits_per_dim']:.4f} bits/dim over {r['samples']} images", file=sys.stderr)
     print(json.dumps(results))

@@ -44,6 +44,7 @@ def save_grid(images: torch.Tensor, path, nrow: int = 0) -> None:
 
 def main(argv=None) -> int:
     from pipeline.data import iterate_eval, load_shard_set
+    from pipeline.distributed import resolve_device
     from pipeline.export import load_checkpoint_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,8 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--complete-from", help="shard root: complete the lower half of validation images")
     p.add_argument("--split", default="val")
+    p.add_argument("--device", default="auto", help="cuda, cpu, or auto: cuda when a GPU is visible")
     args = p.parse_args(argv)
-    model = load_checkpoint_model(args.checkpoint).eval()
+    model = load_checkpoint_model(args.checkpoint, resolve_device(args.device)).eval()
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
     with torch.no_grad():
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
             shards = load_shard_set(args.complete_from, size, args.split)
             x = next(iterate_eval([p for p, _ in shards.shards], size, args.n))
             done = model.complete(x, known_rows=size // 2, generator=g)
-            save_grid(torch.cat([x, done]), args.out, nrow=x.shape[0])
+            save_grid(torch.cat([x, done.cpu()]), args.out, nrow=x.shape[0])
         else:
             save_grid(model.sample(args.n, generator=g), args.out)
     dt = time.time() - t0

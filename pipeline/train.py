@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import ExperimentConfig, get_args_parser, load_config, to_yaml, validate
-from pipeline.data import TrainStream, load_shard_set, train_loader
+from pipeline.data import TrainStream, load_shard_set, to_device, train_loader
 from pipeline.distributed import agree, dist_env, init_distributed, resolve_device
 from pipeline.ds_config import deepspeed_config, gradient_accumulation
 from pipeline.evaluate import evaluate_bits_per_dim
@@ -126,7 +126,7 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
     stop = stop or StopFlag().install()
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
-    from pipeline.engine import initialize, model_config
+    from pipeline.engine import initialize, loss_scale, model_config
 
     # Data first: a bad shard folder fails before anything heavy starts.
     size = cfg.model.image_size
@@ -206,7 +206,7 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
             done = 0
             loss_sum = 0.0
             while done < accum:
-                x = next(batches).to(device)
+                x = to_device(next(batches), device)
                 consumed += 1
                 bpd = engine(x).mean()
                 # One small all-reduce: every rank takes the same decision, so collectives never diverge.
@@ -243,9 +243,10 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
                           "device_hours": device_hours(),
                           "step_time_s": step_s, "memory_mb": _memory_mb(device),
                           "nonfinite_steps": nonfinite_total}
-                scale = getattr(engine.optimizer, "cur_scale", None)
-                if scale is not None:
-                    values["loss_scale"] = float(scale)
+                scale = loss_scale(engine)
+                if scale is not None:  # fp16 only
+                    values["loss_scale"] = scale
+                    values["overflow_skipped_steps"] = int(getattr(engine, "skipped_steps", 0) or 0)
                 tracker.metrics(values, step)
                 log.info("step %d/%d  train %.4f bits/dim  lr %.2e  %.1f images/s  ETA %.0f s",
                          step, cfg.train.max_steps, train_bpd, lr, rate, eta)

@@ -60,6 +60,12 @@ def test_fp16_on_cpu_is_refused():
         load_config("smoke", ["train.precision=fp16", "train.device=cpu"])
 
 
+def test_fp16_at_zero0_is_refused():
+    with pytest.raises(ConfigError, match="fp16 needs 'train.zero_stage' >= 1"):
+        load_config("smoke", ["train.precision=fp16", "train.device=cuda", "train.zero_stage=0"])
+    assert load_config("smoke", ["train.precision=fp16", "train.device=cuda", "train.zero_stage=1"]).train.zero_stage == 1
+
+
 def test_unknown_experiment_suggests_nearest():
     with pytest.raises(ConfigError, match="did you mean 'smoke'"):
         load_config("smoek")

@@ -46,6 +46,7 @@ def test_bad_experiment_file_is_refused_naming_the_key(tmp_path, text, message):
 @pytest.mark.parametrize("overrides, message", [
     (["train.global_batch_size=16", "train.micro_batch_size=8", "slurm.tasks_per_node=4"], "not divisible"),
     (["train.precision=fp16", "train.device=cpu"], "fp16 needs a GPU"),
+    (["train.precision=fp16", "train.device=cuda", "train.zero_stage=0"], "fp16 needs 'train.zero_stage' >= 1"),
     (["data.on_corrupt=ignore"], "'data.on_corrupt' is 'ignore'"),
     (["train.zero_stage=3", "optim.lr=0"], "'optim.lr' must be positive"),
 ])
