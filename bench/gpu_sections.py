@@ -27,6 +27,16 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def seconds_per_call(fn, n: int, device: str) -> float:
+    """Mean wall time of n calls of fn, the GPU's queue drained before and after."""
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t) / n
+
+
 def environment(device: str) -> Dict[str, Any]:
     import torch
     env: Dict[str, Any] = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -212,12 +222,7 @@ def layer_compile_effect(cfg, device: str, steps: int) -> Dict[str, Any]:
         model.bits_per_dim(x).mean().backward()
 
     def timed(n):
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(n):
-            fwd_bwd()
-        sync(device)
-        return (time.perf_counter() - t) / n
+        return seconds_per_call(fwd_bwd, n, device)
     for _ in range(2):
         fwd_bwd()
     eager = timed(steps)
@@ -258,12 +263,7 @@ def cuda_graph_effect(cfg, device: str, steps: int, flops_per_image: float = 0.0
         return loss.detach()
 
     def timed(n: int) -> float:
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(n):
-            fwd_bwd()
-        sync(device)
-        return (time.perf_counter() - t) / n
+        return seconds_per_call(fwd_bwd, n, device)
     # The graphed forward replaces the module's own only in the training state it was captured in, so
     # eval() gives the eager path (the models have no dropout or batch norm) and train() the graphs.
     model.eval()
