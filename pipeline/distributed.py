@@ -96,9 +96,10 @@ def agree(loss, stop_asked: bool) -> Tuple[bool, float, bool]:
     their one `.tolist()` waits for the forward, not three `.item()` calls."""
     import torch
     import torch.distributed as dist
-    finite = torch.isfinite(loss.detach())
-    flags = torch.stack([(~finite).to(torch.float64), torch.where(finite, loss.detach().to(torch.float64), 0.0),
-                         torch.full((), float(stop_asked), dtype=torch.float64, device=loss.device)])
+    value = loss.detach().to(torch.float64)
+    finite = torch.isfinite(value)
+    flags = torch.stack([(~finite).to(torch.float64), torch.where(finite, value, 0.0),
+                         torch.full((), float(stop_asked), dtype=torch.float64, device=value.device)])
     dist.all_reduce(flags)
     bad, total, stop = flags.tolist()
     return bad > 0, total, stop > 0
