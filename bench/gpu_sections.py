@@ -288,14 +288,22 @@ def cuda_graph_effect(cfg, device: str, steps: int, flops_per_image: float = 0.0
     return r
 
 
+def synthetic_shards(tmp: str, size: int, images_total: int, classes: int, shard_size: int):
+    """A train ShardSet that `preprocessing` builds under tmp from generated images, at one size."""
+    import preprocessing
+    from pipeline.data import load_shard_set
+    preprocessing.make_synthetic(Path(tmp) / "img", num_images=images_total, classes=classes, seed=0)
+    preprocessing.build(Path(tmp) / "img", "train", [size], Path(tmp) / "shards", shard_size=shard_size,
+                        workers=max(1, min(16, (os.cpu_count() or 2) - 1)), progress=False)
+    return load_shard_set(Path(tmp) / "shards", size, "train")
+
+
 def training_collectives(cfg, device: str) -> Dict[str, Any]:
     """The training loop's own collectives on this device's process group (NCCL on a GPU, which reduces
     CUDA tensors only): the per-micro-batch agreement (`pipeline.distributed.agree`) for a finite and a
     non-finite loss, and `pipeline.evaluate` of a model over shards that `preprocessing` builds here.
     (The training loop itself needs MLflow, which the GPU image lacks; these are its collectives.)"""
     import torch
-    import preprocessing
-    from pipeline.data import load_shard_set
     from pipeline.distributed import agree
     from pipeline.engine import build
     from pipeline.evaluate import evaluate_bits_per_dim
@@ -306,10 +314,7 @@ def training_collectives(cfg, device: str) -> Dict[str, Any]:
     size = cfg.model.image_size
     model = build(cfg).to(device).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        preprocessing.make_synthetic(Path(tmp) / "img", num_images=40, classes=4, seed=0)
-        preprocessing.build(Path(tmp) / "img", "train", [size], Path(tmp) / "shards", shard_size=16,
-                            progress=False)
-        shards = load_shard_set(Path(tmp) / "shards", size, "train")
+        shards = synthetic_shards(tmp, size, images_total=40, classes=4, shard_size=16)
         r = evaluate_bits_per_dim(model.bits_per_dim, shards, 0, 1, 16, device)
     if r["samples"] != 40 or not math.isfinite(r["bits_per_dim"]):
         raise AssertionError(f"evaluate gave {r}")
@@ -320,19 +325,15 @@ def training_collectives(cfg, device: str) -> Dict[str, Any]:
 def loader_rate(cfg, images_total: int, batches: int) -> Dict[str, Any]:
     """images/s of the training loader (TrainStream + train_loader, the config's data.num_workers)
     on shards that `preprocessing` builds here from generated images, at the config's image size."""
-    import preprocessing
-    from pipeline.data import TrainStream, load_shard_set, train_loader
+    from pipeline.data import TrainStream, train_loader
     size, batch = cfg.model.image_size, cfg.train.micro_batch_size
     workers = cfg.data.num_workers
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        preprocessing.make_synthetic(Path(tmp) / "img", num_images=images_total, classes=10, seed=0)
         # at least 2 shards per loader worker (the loader refuses fewer shards than readers)
         shard_size = max(1, min(256, images_total // (2 * max(1, workers))))
-        preprocessing.build(Path(tmp) / "img", "train", [size], Path(tmp) / "shards", shard_size=shard_size,
-                            workers=max(1, min(16, (os.cpu_count() or 2) - 1)), progress=False)
+        shards = synthetic_shards(tmp, size, images_total, classes=10, shard_size=shard_size)
         build_s = time.perf_counter() - t
-        shards = load_shard_set(Path(tmp) / "shards", size, "train")
         stream = TrainStream(shards, batch, seed=0, rank=0, world=1, num_workers=workers,
                              shuffle_buffer=cfg.data.shuffle_buffer)
         it = train_loader(stream, start=0)
