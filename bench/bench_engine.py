@@ -41,7 +41,7 @@ def make_cfg(args, precision: str, zero: int):
     from pipeline.config import load_config
     return load_config("cifar10_row_lstm", [
         f"model.image_size={args.size}", f"model.layers={args.layers}", f"model.hidden={args.hidden}",
-        f"model.extra.out_maps={args.out_maps}", f"train.precision={precision}", f"train.zero_stage={zero}",
+        f"model.out_maps={args.out_maps}", f"train.precision={precision}", f"train.zero_stage={zero}",
         "train.device=cpu", f"train.micro_batch_size={args.batch}", f"train.global_batch_size={args.batch}",
         f"data.root={REPO}", "optim.warmup_steps=10", "train.max_steps=100000"])
 

@@ -34,7 +34,7 @@ from common import CACHE, REPO, free_port, header, result_line, single_thread_en
 TARGET = 0.8
 MODELS = {
     "smoke": [],
-    "medium": ["model.layers=4", "model.hidden=32", "model.extra.out_maps=128"],
+    "medium": ["model.layers=4", "model.hidden=32", "model.out_maps=128"],
 }
 RATE = re.compile(r"step (\d+)/(\d+) .* ([0-9.]+) images/s")
 

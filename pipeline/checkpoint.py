@@ -26,10 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import torch
-import torch.distributed as dist
-
 from pipeline.fsutil import atomic_write_text
+
+# torch is imported inside the functions that need it: the launcher reads `latest` without paying for it.
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step(\d{8})$")
@@ -55,6 +54,14 @@ def latest_tag(ckpt_dir: Path) -> Optional[str]:
     return tag
 
 
+def latest_step(ckpt_dir: Path) -> Optional[int]:
+    """The step of the newest complete checkpoint, or None. Reads two small files and imports no torch, so
+    that the launcher can tell a finished run before it submits anything."""
+    tag = latest_tag(ckpt_dir)
+    match = TAG_RE.match(tag) if tag else None
+    return int(match.group(1)) if match else None
+
+
 def read_meta(ckpt_dir: Path, tag: str) -> Dict[str, Any]:
     return json.loads((Path(ckpt_dir) / tag / "meta.json").read_text())
 
@@ -62,6 +69,8 @@ def read_meta(ckpt_dir: Path, tag: str) -> Dict[str, Any]:
 def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: Dict[str, Any],
          keep_last: int, rank: int) -> str:
     """Every rank calls this at the same step. Returns the tag."""
+    import torch
+    import torch.distributed as dist
     ckpt_dir = Path(ckpt_dir)
     from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                                 UNIVERSAL_CHECKPOINT_VERSION_VALUE)
@@ -136,6 +145,7 @@ def _prune(ckpt_dir: Path, keep_last: int, newest: str) -> None:
 def load(engine, ckpt_dir: Path, tag: str, rank: int) -> Dict[str, Any]:
     """Load model, optimizer, scheduler and this rank's RNG state from `tag` (a plain or a universal
     checkpoint folder). Returns the client state."""
+    import torch
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:
@@ -148,6 +158,7 @@ def load(engine, ckpt_dir: Path, tag: str, rank: int) -> Dict[str, Any]:
 
 def universal_tag(ckpt_dir: Path, tag: str, rank: int) -> str:
     """Convert `tag` to DeepSpeed's universal format (rank 0, once; all ranks wait). Returns its tag."""
+    import torch.distributed as dist
     ckpt_dir = Path(ckpt_dir)
     out = ckpt_dir / f"{tag}{UNIVERSAL}"
     if rank == 0 and not out.exists():

@@ -1,9 +1,13 @@
 """The one typed config schema of an experiment.
 
-An experiment is a YAML file in `configs/experiments/` that fills in these dataclasses; any key can be
-overridden on the command line as `dotted.key=value`. Loading is strict: an unknown key, a wrong type or
-an impossible combination is refused at once with an error naming the key (and the nearest valid key),
-before anything is built or submitted. This module imports no torch, so refusing a bad config is fast.
+An experiment is a YAML file in `configs/experiments/` that fills in these dataclasses; it inherits the
+paper's setting from the files its `defaults:` names (in `configs/base/`) and states only what differs.
+Any key can be overridden on the command line as `dotted.key=value`. The `model:` section is the typed
+config of the architecture `model.name` picks (`pipeline/models/configs.py`). Loading is strict and pure:
+an unknown key, a wrong type or an impossible combination is refused at once with an error naming the key
+(and the nearest valid key), before anything is built or submitted, and nothing on disk is looked at (data
+paths are checked where they are used: `check_data_paths`). This module imports no torch, so refusing a
+bad config is fast.
 """
 from __future__ import annotations
 
@@ -12,27 +16,18 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS_DIR = REPO_ROOT / "configs" / "experiments"
+from pipeline.config_files import BASE_DIR, EXPERIMENTS_DIR, REPO_ROOT, ConfigError, config_layers, experiment_path
+from pipeline.models.configs import CONFIGS, ModelConfig, RowLSTMConfig
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the offending key or path."""
-
-
-@dataclass
-class ModelConfig:
-    name: str = "row_lstm"          # a key of pipeline.models.MODELS
-    image_size: int = 32
-    layers: int = 12
-    hidden: int = 128               # h in the paper; recurrent layers carry 2h maps between them
-    extra: Dict[str, Any] = field(default_factory=dict)  # further build_model kwargs (residual, skip, small_size, ...)
+__all__ = ["BASE_DIR", "EXPERIMENTS_DIR", "REPO_ROOT", "ConfigError", "ExperimentConfig", "load_config", "validate",
+           "check_data_paths", "config_layers", "experiment_path", "flatten", "to_yaml", "from_yaml_text",
+           "get_args_parser"]
 
 
 @dataclass
@@ -142,7 +137,7 @@ class ExperimentConfig:
     description: str = ""
     kind: str = "train"             # train | preprocess
     output_dir: str = "runs/{name}"  # checkpoints, logs, effective config; {name} is filled in
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=RowLSTMConfig)  # the class `model.name` picks (CONFIGS)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -161,8 +156,6 @@ class ExperimentConfig:
 
 
 CHOICES = {
-    # The registry's names (pipeline.models.MODELS, which a test keeps in step): known without importing torch.
-    "model.name": ("pixelcnn", "row_lstm", "diagonal_bilstm", "multiscale"),
     "optim.name": ("rmsprop", "adam"),
     "optim.decay": ("cosine", "linear", "constant"),
     "train.precision": ("bf16", "fp16", "fp32"),
@@ -176,8 +169,16 @@ CHOICES = {
 }
 
 
-def _all_keys(obj: Any = None, prefix: str = "") -> List[str]:
-    obj = obj if obj is not None else ExperimentConfig()
+def _schema(model_name: str) -> ExperimentConfig:
+    """Defaults of an experiment whose model is `model_name` (its typed config in the `model:` section)."""
+    if model_name not in CONFIGS:
+        near = difflib.get_close_matches(str(model_name), sorted(CONFIGS), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ConfigError(f"'model.name' is {model_name!r}{hint}; expected one of {sorted(CONFIGS)}")
+    return ExperimentConfig(model=CONFIGS[model_name]())
+
+
+def _all_keys(obj: Any, prefix: str = "") -> List[str]:
     keys = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -187,61 +188,55 @@ def _all_keys(obj: Any = None, prefix: str = "") -> List[str]:
     return keys
 
 
-def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+def _explain(err: OmegaConfBaseException, source: str, schema: ExperimentConfig) -> ConfigError:
     """Turn OmegaConf's message into one naming the full key and the nearest valid key."""
     full_key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0]
     if "not in" in msg or "Key '" in msg and "not" in msg:
-        near = difflib.get_close_matches(full_key, _all_keys(), n=1, cutoff=0.75)
+        near = difflib.get_close_matches(full_key, _all_keys(schema), n=1, cutoff=0.75)
         hint = f"; did you mean '{near[0]}'?" if near else ""
-        return ConfigError(f"{source}: unknown config key '{full_key}'{hint}")
+        where = f" (model '{schema.model.name}')" if full_key.startswith("model.") else ""
+        return ConfigError(f"{source}: unknown config key '{full_key}'{where}{hint}")
     return ConfigError(f"{source}: bad value for '{full_key}': {msg}")
 
 
-def experiment_path(name_or_path: str) -> Path:
-    """`smoke` -> configs/experiments/smoke.yaml; a path is taken as it is."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.exists():
-            raise ConfigError(f"experiment file not found: {p}")
-        return p
-    p = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
-    if not p.exists():
-        known = sorted(q.stem for q in EXPERIMENTS_DIR.glob("*.yaml"))
-        near = difflib.get_close_matches(name_or_path, known, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ConfigError(f"unknown experiment '{name_or_path}'{hint} (known: {', '.join(known)})")
-    return p
+def _model_name(layers: List[Tuple[Path, Dict[str, Any]]], overrides: List[str]) -> str:
+    """`model.name` as the layers and overrides set it (last wins): it picks the `model:` schema."""
+    name = ExperimentConfig().model.name
+    for _, raw in layers:
+        if isinstance(raw.get("model"), dict) and "name" in raw["model"]:
+            name = raw["model"]["name"]
+    for ov in overrides:
+        if ov.split("=", 1)[0].strip() == "model.name":
+            name = ov.split("=", 1)[1].strip()
+    return name
 
 
 def load_config(exp: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
-    """Load an experiment YAML (name or path), apply `dotted.key=value` overrides, validate, return it."""
+    """Load an experiment YAML (name or path) with its defaults, apply `dotted.key=value` overrides,
+    validate, return it. Pure: reads the YAML files and nothing else."""
+    overrides = list(overrides or [])
     path = experiment_path(exp)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: an experiment file must be a mapping of keys")
-    raw.setdefault("name", path.stem)
-    defaults = ExperimentConfig()
-    for key, value in raw.items():  # OmegaConf cannot name a whole section of the wrong type
-        if dataclasses.is_dataclass(getattr(defaults, key, None)) and not isinstance(value, dict):
-            raise ConfigError(f"{path}: bad value for '{key}': expected a section (a mapping of keys), "
-                              f"got {type(value).__name__}")
-    schema = OmegaConf.structured(ExperimentConfig)
-    try:
-        merged = OmegaConf.merge(schema, raw)
-    except OmegaConfBaseException as e:
-        raise _explain(e, str(path)) from None
-    for ov in overrides or []:
+    layers = config_layers(path)
+    layers[-1][1].setdefault("name", path.stem)
+    schema = _schema(_model_name(layers, overrides))
+    merged = OmegaConf.structured(schema)
+    for source, raw in layers:
+        for key, value in raw.items():  # OmegaConf cannot name a whole section of the wrong type
+            if dataclasses.is_dataclass(getattr(schema, key, None)) and not isinstance(value, dict):
+                raise ConfigError(f"{source}: bad value for '{key}': expected a section (a mapping of keys), "
+                                  f"got {type(value).__name__}")
+        try:
+            merged = OmegaConf.merge(merged, raw)
+        except OmegaConfBaseException as e:
+            raise _explain(e, str(source), schema) from None
+    for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' is not of the form dotted.key=value")
-        key, value = ov.split("=", 1)
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([ov]))
         except OmegaConfBaseException as e:
-            raise _explain(e, "override") from None
+            raise _explain(e, "override", schema) from None
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
     validate(cfg)
     return cfg
@@ -257,7 +252,7 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
         if flat[key] not in allowed:
             raise ConfigError(f"'{key}' is {flat[key]!r}; expected one of {list(allowed)}")
     t = cfg.train
-    for key in ("model.image_size", "model.layers", "model.hidden", "train.micro_batch_size",
+    for key in ("train.micro_batch_size",
                 "train.global_batch_size", "train.max_steps", "checkpoint.every", "checkpoint.keep_last",
                 "slurm.nodes", "data.shard_size", "train.log_every", "train.eval_every"):
         if flat[key] < 1:
@@ -282,8 +277,18 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
         # files that export and elastic resume read: they would get fp16-rounded weights.
         raise ConfigError("'train.precision' fp16 needs 'train.zero_stage' >= 1 (at ZeRO-0 the fp32 master "
                           "weights are not checkpointed where export reads them); ZeRO-1 costs nothing on one GPU")
-    if cfg.data.prepare == "none" and not Path(cfg.data.root).exists():
-        raise ConfigError(f"'data.root' does not exist: {cfg.data.root}")
+    try:
+        cfg.model.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_data_paths(cfg: ExperimentConfig) -> None:
+    """Refuse a training experiment whose data is not there (and will not be generated): checked where the
+    data is used (a real submission, training, evaluation), never by `load_config`."""
+    if cfg.kind == "train" and cfg.data.prepare == "none" and not Path(cfg.data.root).exists():
+        raise ConfigError(f"'data.root' does not exist: {cfg.data.root} (build the shards with "
+                          f"`python -m preprocessing build ... --out {cfg.data.root}`)")
 
 
 def validate_preprocess(cfg: ExperimentConfig) -> None:
@@ -323,7 +328,7 @@ def flatten(cfg: Any, prefix: str = "") -> Dict[str, Any]:
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v):
             out.update(flatten(v, f"{prefix}{f.name}."))
-        elif isinstance(v, dict):
+        elif isinstance(v, dict):  # slurm.additional: the mapping and each of its keys
             out[f"{prefix}{f.name}"] = v
             for k, sub in v.items():
                 out[f"{prefix}{f.name}.{k}"] = sub
@@ -339,5 +344,6 @@ def to_yaml(cfg: ExperimentConfig) -> str:
 
 def from_yaml_text(text: str) -> ExperimentConfig:
     """Rebuild a config saved by `to_yaml` (e.g. beside a checkpoint)."""
-    merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), yaml.safe_load(text))
-    return OmegaConf.to_object(merged)
+    raw = yaml.safe_load(text)
+    name = (raw.get("model") or {}).get("name", ExperimentConfig().model.name)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_schema(name)), raw))

@@ -1,6 +1,6 @@
-"""Streaming input from the webdataset shards written by `preprocessing` (the shared format):
-`<root>/<size>/<split>-000000.tar`, each sample `png` (size×size RGB), `cls`, `json`, and a manifest
-`<root>/<size>/<split>.json` listing every shard with its sample count and sha256.
+"""Streaming input from the webdataset shards written by `preprocessing`, in the format both sides import
+from `shardformat`: `<root>/<size>/<split>-000000.tar`, each sample `png` (size×size RGB), `cls`, `json`,
+and a manifest `<root>/<size>/<split>.json` listing every shard with its sample count and sha256.
 
 Training batches are deterministic functions of (seed, epoch, rank, world size, workers): each epoch the
 shard list is permuted with the seed, split by node (every world-th shard) and then by worker — the
@@ -29,8 +29,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from shardformat import IMAGE, LABEL, FormatError, check_manifest, manifest_path, size_dir
+
 log = logging.getLogger(__name__)
-SHARD_FORMAT = "pixelrnn-shards/1"
 
 
 class ShardError(RuntimeError):
@@ -55,31 +56,27 @@ class ShardSet:
 
 def load_shard_set(root: str | Path, size: int, split: str) -> ShardSet:
     """Read and check `<root>/<size>/<split>.json`; every shard it lists must exist and be non-empty."""
-    directory = Path(root) / str(size)
-    manifest_path = directory / f"{split}.json"
-    if not manifest_path.exists():
-        raise ShardError(f"no manifest {manifest_path}: build the shards with `python -m preprocessing build`"
-                         f" (data.root={root}, split={split}, size={size})")
-    raw = manifest_path.read_bytes()
+    directory, mpath = size_dir(root, size), manifest_path(root, size, split)
+    if not mpath.exists():
+        hint = f"; data.root {root} does not exist" if not Path(root).exists() else ""
+        raise ShardError(f"no manifest {mpath}: build the shards with `python -m preprocessing build`"
+                         f" (data.root={root}, split={split}, size={size}){hint}")
+    raw = mpath.read_bytes()
     try:
-        manifest = json.loads(raw)
+        manifest = check_manifest(json.loads(raw), size)
     except json.JSONDecodeError as e:
-        raise ShardError(f"manifest {manifest_path} is not valid JSON: {e}") from None
-    if manifest.get("format") != SHARD_FORMAT:
-        raise ShardError(f"manifest {manifest_path} has format {manifest.get('format')!r}, expected {SHARD_FORMAT!r}")
-    if int(manifest["size"]) != size:
-        raise ShardError(f"manifest {manifest_path} is for size {manifest['size']}, the model wants {size}")
+        raise ShardError(f"manifest {mpath} is not valid JSON: {e}") from None
+    except FormatError as e:
+        raise ShardError(f"manifest {mpath}: {e}") from None
     shards = []
     for entry in manifest["shards"]:
         path = directory / entry["name"]
         if not path.exists():
-            raise ShardError(f"shard {path} is listed in {manifest_path.name} but missing")
+            raise ShardError(f"shard {path} is listed in {mpath.name} but missing")
         if path.stat().st_size == 0:
             raise ShardError(f"shard {path} is empty")
         shards.append((path, int(entry["count"])))
-    if not shards:
-        raise ShardError(f"manifest {manifest_path} lists no shards")
-    return ShardSet(directory, split, size, shards, list(manifest.get("classes", [])), manifest,
+    return ShardSet(directory, split, size, shards, list(manifest["classes"]), manifest,
                     hashlib.sha256(raw).hexdigest())
 
 
@@ -87,10 +84,10 @@ def decode_sample(sample: Dict, size: int) -> Tuple[torch.Tensor, int]:
     """png bytes -> uint8 [3, size, size]; cls -> int. Raises ShardError naming the shard and key."""
     where = f"sample {sample.get('__key__')!r} of shard {sample.get('__url__')}"
     try:
-        img = Image.open(io.BytesIO(sample["png"]))
+        img = Image.open(io.BytesIO(sample[IMAGE]))
         img.load()
         arr = np.asarray(img.convert("RGB"))
-        label = int(sample["cls"])
+        label = int(sample[LABEL])
     except Exception as e:  # PIL raises many types for damaged data
         raise ShardError(f"cannot decode {where}: {type(e).__name__}: {e}") from None
     if arr.shape != (size, size, 3):
@@ -159,7 +156,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         rng = random.Random(f"{self.seed}/{epoch}/{slot}")
 
         # Only the image and the label are read from the tar (the json metadata is not needed here).
-        read = wds.tarfile_to_samples(handler=handler, select_files=lambda f: f.endswith((".png", ".cls")))
+        read = wds.tarfile_to_samples(handler=handler, select_files=lambda f: f.endswith((f".{IMAGE}", f".{LABEL}")))
 
         def samples():
             yield from read(iter(urls))

@@ -1,6 +1,7 @@
 """Builds the DeepSpeed engine: model wrapped as its bits/dim objective, optimizer, LR schedule."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -26,16 +27,14 @@ class BitsPerDim(torch.nn.Module):
 
 
 def model_config(cfg: ExperimentConfig) -> Dict[str, Any]:
-    """build_model keyword arguments, name included, as saved with every checkpoint."""
-    m = cfg.model
-    return dict(name=m.name, image_size=m.image_size, layers=m.layers, hidden=m.hidden, **m.extra)
+    """The model's typed config as a dict (`build_model(**it)` rebuilds it), as saved with every checkpoint."""
+    return dataclasses.asdict(cfg.model)
 
 
 def build(cfg: ExperimentConfig) -> torch.nn.Module:
     """The model the config describes (same initialisation on every rank: seed first)."""
     from pipeline.models import build_model
-    kwargs = model_config(cfg)
-    return build_model(kwargs.pop("name"), **kwargs)
+    return build_model(cfg.model)
 
 
 def make_optimizer(o: OptimConfig, params) -> torch.optim.Optimizer:

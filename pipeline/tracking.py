@@ -1,11 +1,14 @@
 """MLflow tracking, on rank 0 only (other ranks get a tracker that does nothing).
 
 One MLflow experiment per benchmark; one MLflow run per training run, continued across resumes and
-SLURM requeues through the run id stored beside the checkpoints (`<run_dir>/mlflow_run_id`).
+SLURM requeues through the run id stored beside the checkpoints (`<run_dir>/mlflow_run_id`, and the store
+that holds it in `<run_dir>/mlflow_store`). A run resumed against another store (MLFLOW_TRACKING_URI
+changed) cannot continue its MLflow run there: it starts a new one in that store and says so.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -15,6 +18,7 @@ from pipeline.config import ExperimentConfig, flatten, to_yaml
 from pipeline.fsutil import atomic_write_text
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg: ExperimentConfig) -> str:
@@ -45,23 +49,42 @@ class Tracker:
     def __init__(self, cfg: ExperimentConfig, enabled: bool, run_dir: Path):
         self.enabled = enabled
         self.run_id: Optional[str] = None
+        self.created = False  # a new MLflow run (params and config files still to log)
         self.run_dir = Path(run_dir)
         if not enabled:
             return
         import mlflow
         self.mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri(cfg))
+        uri = tracking_uri(cfg)
+        mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(cfg.tracking.experiment)
-        id_file = self.run_dir / "mlflow_run_id"
-        if id_file.exists():  # a resumed run continues its MLflow run
-            run = mlflow.start_run(run_id=id_file.read_text().strip())
+        id_file, store_file = self.run_dir / "mlflow_run_id", self.run_dir / "mlflow_store"
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        if run_id and not self._in_store(run_id):
+            before = store_file.read_text().strip() if store_file.exists() else "another store"
+            log.warning("the MLflow run %s of %s is not in the store %s (it is in %s): starting a new MLflow run "
+                        "here; the earlier metrics stay where they are", run_id, self.run_dir, uri, before)
+            run_id = None
+        if run_id:  # a resumed run continues its MLflow run
+            run = mlflow.start_run(run_id=run_id)
         else:
             run = mlflow.start_run(run_name=run_name(cfg))
             atomic_write_text(id_file, run.info.run_id)
+            self.created = True
+        atomic_write_text(store_file, uri)
         self.run_id = run.info.run_id
 
-    def start(self, cfg: ExperimentConfig, tags: Dict[str, str], ds_config: Dict[str, Any], resumed: bool) -> None:
-        """Params (the whole effective config, flattened), tags, and the config files as artifacts."""
+    def _in_store(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+        try:
+            self.mlflow.tracking.MlflowClient().get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
+    def start(self, cfg: ExperimentConfig, tags: Dict[str, str], ds_config: Dict[str, Any]) -> None:
+        """Params (the whole effective config, flattened), tags, and the config files as artifacts (params
+        once per MLflow run: MLflow refuses to change a logged param)."""
         if not self.enabled:
             return
         # run_kind tells training runs from `pipeline.report`'s report runs; data_key joins the tags that
@@ -70,7 +93,7 @@ class Tracker:
         data_key += f"px/{str(tags.get('manifest_sha256', 'unknown'))[:12]}"
         self.mlflow.set_tags({"run_kind": "train", "benchmark": cfg.tracking.experiment,
                               "data_key": data_key, **tags})
-        if not resumed:
+        if self.created:
             params = {k: v for k, v in flatten(cfg).items() if not isinstance(v, dict)}
             # Headline hyperparameters also as short top-level names for the compare view.
             params.update(model=cfg.model.name, layers=cfg.model.layers, hidden=cfg.model.hidden,

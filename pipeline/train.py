@@ -156,6 +156,10 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
         nonfinite_total = int(client.get("nonfinite_total", 0))
         log.info("resumed from %s at step %d (data position %d%s)", ckpt_dir / tag, step, consumed,
                  f", world size {saved['world_size']} -> {env.world_size}" if elastic else "")
+        if step >= cfg.train.max_steps:
+            log.warning("run %s is already complete at step %d (train.max_steps=%d): nothing to train, only "
+                        "evaluating its last checkpoint again; for a fresh run set another output_dir, to "
+                        "train further raise train.max_steps", cfg.name, step, cfg.train.max_steps)
 
     metrics_file = run_dir / "metrics.jsonl"
     tracker = Tracker(cfg, env.is_main, run_dir)
@@ -168,7 +172,7 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
             "manifest_sha256": train_set.manifest_sha256, "image_size": str(size),
             "resize": str(train_set.manifest.get("params", {}).get("resize", "unknown")),
             "world_size": str(env.world_size), "git_commit": git_commit(), "device": device,
-        }, ds_cfg, resumed=tag is not None)
+        }, ds_cfg)
 
     accum = gradient_accumulation(cfg, env.world_size)
     meta = {"model": mcfg, "world_size": env.world_size, "zero_stage": cfg.train.zero_stage,

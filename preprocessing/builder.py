@@ -22,13 +22,13 @@ from typing import Deque, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from shardformat import manifest_path, shard_name, size_dir
+
 from .errors import PreprocessError
 from .fsutil import read_json, sha256_file
 from .imaging import MAX_SIZE, MIN_SIZE, RESIZE_METHODS, SkipImage, png_encoder, render
-from .manifest import (cleanup, make_manifest, manifest_path, prepare_output, read_state,
-                       write_manifest)
-from .shards import (PartWriter, blocks_of, layout, load_summaries, part_path, shard_name,
-                     size_dir, write_shard)
+from .manifest import cleanup, make_manifest, prepare_output, read_state, write_manifest
+from .shards import PartWriter, blocks_of, layout, load_summaries, part_path, write_shard
 from .source_types import make_keys
 from .sources import open_source
 from .tario import sample_records

@@ -4,7 +4,7 @@ Files in `DIR/<size>/`:
   `.<split>.params.json`  state written when a build starts: the output-determining parameters,
                           class list, source fingerprint and block count. A later build with other
                           parameters is refused (unless --overwrite); finalize reads it.
-  `<split>.json`          the manifest (format ``pixelrnn-shards/1``), written atomically last.
+  `<split>.json`          the manifest (see `shardformat` for its fields), written atomically last.
 
 `params` holds every parameter that can change the output. Execution-only options (workers,
 num_tasks, task_id, overwrite) are left out on purpose, so that a 3-task build and a 1-process
@@ -21,20 +21,16 @@ from typing import Dict, List
 import numpy as np
 import PIL
 
+from shardformat import FORMAT, FormatError, check_manifest, manifest_path, shard_glob, size_dir
+
 from .errors import PreprocessError
 from .fsutil import atomic_write_json, read_json, sha256_file
 from .imaging import png_encoder
-from .shards import size_dir, temp_files
-
-FORMAT = "pixelrnn-shards/1"
+from .shards import temp_files
 
 
 def state_path(out: Path, size: int, split: str) -> Path:
     return size_dir(out, size) / f".{split}.params.json"
-
-
-def manifest_path(out: Path, size: int, split: str) -> Path:
-    return size_dir(out, size) / f"{split}.json"
 
 
 def versions() -> Dict[str, str]:
@@ -51,7 +47,7 @@ def versions() -> Dict[str, str]:
 
 def _outputs(out: Path, size: int, split: str) -> List[Path]:
     d = size_dir(out, size)
-    found = list(d.glob(f"{split}-*.tar")) if d.is_dir() else []
+    found = list(d.glob(shard_glob(split))) if d.is_dir() else []
     found += [p for p in [manifest_path(out, size, split)] if p.exists()]
     parts = d / ".parts"
     if parts.is_dir():
@@ -142,8 +138,10 @@ def verify(out) -> dict:
     problems, checked = [], 0
     for mp in manifests:
         m = read_json(mp)
-        if m.get("format") != FORMAT:
-            problems.append(f"{mp}: format {m.get('format')!r}, expected {FORMAT!r}")
+        try:
+            check_manifest(m)
+        except FormatError as e:
+            problems.append(f"{mp}: {e}")
             continue
         listed = set()
         for entry in m["shards"]:
@@ -154,7 +152,7 @@ def verify(out) -> dict:
                 problems.append(f"{path}: missing")
             elif sha256_file(path) != entry["sha256"]:
                 problems.append(f"{path}: sha256 differs from {mp.name}")
-        for extra in sorted(mp.parent.glob(f"{m['split']}-*.tar")):
+        for extra in sorted(mp.parent.glob(shard_glob(m["split"]))):
             if extra.name not in listed:
                 problems.append(f"{extra}: shard not listed in {mp.name}")
     return {"ok": not problems, "problems": problems, "shards_checked": checked,

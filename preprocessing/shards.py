@@ -20,18 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from shardformat import shard_name, size_dir
+
 from .fsutil import atomic_write_json, read_json, tmp_name
 from .tario import trailer
 
 
-# ---------------------------------------------------------------- naming
-def size_dir(out: Path, size: int) -> Path:
-    return Path(out) / str(size)
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
+# ---------------------------------------------------------------- naming (final names: shardformat)
 
 def part_path(out: Path, size: int, split: str, block: int) -> Path:
     return size_dir(out, size) / ".parts" / f"{split}-{block:06d}.tar"

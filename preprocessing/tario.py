@@ -13,6 +13,8 @@ import json
 import tarfile
 from typing import Dict
 
+from shardformat import IMAGE, LABEL, META
+
 BLOCK = tarfile.BLOCKSIZE          # 512
 RECORD = tarfile.RECORDSIZE        # 10240: tarfile pads the archive end to a multiple of this
 MTIME = 0                          # fixed metadata: no clock, user or umask leaks into the bytes
@@ -53,11 +55,11 @@ def member(name: str, data: bytes) -> bytes:
 
 
 def sample_records(key: str, label: int, meta: dict, pngs: Dict[int, bytes]) -> Dict[int, bytes]:
-    """{size: the members of one webdataset sample}, extensions in sorted order: cls, json, png.
+    """{size: the members of one webdataset sample}, in shardformat's MEMBER_ORDER: cls, json, png.
     The cls and json members are the same at every size, so they are made once."""
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    head = member(f"{key}.cls", str(label).encode("ascii")) + member(f"{key}.json", meta_bytes)
-    return {size: head + member(f"{key}.png", png) for size, png in pngs.items()}
+    head = member(f"{key}.{LABEL}", str(label).encode("ascii")) + member(f"{key}.{META}", meta_bytes)
+    return {size: head + member(f"{key}.{IMAGE}", png) for size, png in pngs.items()}
 
 
 def trailer(length: int) -> bytes:

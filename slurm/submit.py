@@ -11,19 +11,19 @@ timed out, 2 bad config or arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python slurm/submit.py` from a checkout, installed or not
-    sys.path.insert(0, str(REPO_ROOT))
+if __name__ == "__main__" and not __package__:  # `python slurm/submit.py`: a script, not an import
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, installed or not
 
-from pipeline.config import (EXPERIMENTS_DIR, ConfigError, ExperimentConfig, get_args_parser,  # noqa: E402
+from pipeline.config import (ConfigError, ExperimentConfig, check_data_paths, get_args_parser,  # noqa: E402
                              load_config, to_yaml)
+from pipeline.config_files import list_experiments  # noqa: E402
 from slurm import jobs  # noqa: E402
 from slurm.executors import make_executor, sbatch_script, slurm_available  # noqa: E402
 
@@ -54,15 +54,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def list_experiments() -> str:
-    import yaml
-    lines = []
-    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
-        desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
-        lines.append(f"{path.stem:32s} {desc}")
-    return "\n".join(lines)
-
-
 def resource_overrides(args: argparse.Namespace) -> List[str]:
     """Launch options as `slurm.*` overrides, applied after the experiment's own."""
     pairs = [("slurm.nodes", args.nodes), ("slurm.gpus_per_node", args.gpus_per_node),
@@ -84,34 +75,14 @@ def absolutize(cfg: ExperimentConfig) -> None:
 
 
 def prepare_data(cfg: ExperimentConfig) -> None:
-    """`data.prepare: synthetic`: build a small generated dataset with the real preprocessing code."""
-    if cfg.data.prepare != "synthetic":
-        return
-    root = Path(cfg.data.root)
-    size = cfg.model.image_size
+    """`data.prepare`: have preprocessing build the small dataset the config asks for, before submitting."""
     d = cfg.data
-    if all((root / str(size) / f"{s}.json").exists() for s in (d.train_split, d.val_split)):
-        return
-    import preprocessing
-    # One generated pool (one palette per class), split into train and a held-out validation tail.
-    pool, splits = root / "_images", root / "_splits"
-    if not splits.exists():
-        shutil.rmtree(pool, ignore_errors=True)  # a half-made pool from an interrupted run
-        preprocessing.make_synthetic(pool, num_images=d.synthetic_images + d.synthetic_val_images,
-                                     classes=d.synthetic_classes, seed=cfg.train.seed)
-        for path in sorted(pool.glob("*/*.*")):
-            index = int(path.stem.rsplit("_", 1)[1])
-            split = d.train_split if index < d.synthetic_images else d.val_split
-            target = pool.with_name("_splits.tmp") / split / path.parent.name / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            path.rename(target)
-        pool.with_name("_splits.tmp").rename(splits)
-    for split in (d.train_split, d.val_split):
-        preprocessing.build(splits / split, split, [size], root, shard_size=d.shard_size,
-                            seed=cfg.train.seed)
-        print(f"prepared synthetic {split} shards in {root / str(size)}")
-
-
+    if d.prepare == "synthetic":
+        import preprocessing
+        preprocessing.prepare_synthetic(d.root, cfg.model.image_size, train_images=d.synthetic_images,
+                                        val_images=d.synthetic_val_images, classes=d.synthetic_classes,
+                                        shard_size=d.shard_size, seed=cfg.train.seed,
+                                        train_split=d.train_split, val_split=d.val_split)
 
 
 def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow: bool) -> int:
@@ -126,8 +97,8 @@ def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow
     print(f"submitted {cfg.name} as job {job.job_id} ({where}, {cfg.ranks()} task(s))")
     print(f"  logs:        {job.paths.stdout} / {job.paths.stderr}  (rank 0; other ranks beside them)")
     print(f"  checkpoints: {run_dir / 'checkpoints'}  (resumes from 'latest' when present)")
-    print(f"  MLflow:      {mlflow_run_text(run_dir)} in experiment '{cfg.tracking.experiment}', "
-          f"store {cfg.tracking.tracking_uri}")
+    print(f"  MLflow:      {mlflow_run_text(run_dir, cfg.tracking.tracking_uri)} in experiment "
+          f"'{cfg.tracking.experiment}', store {cfg.tracking.tracking_uri}")
     if use_slurm and not follow:
         print(f"  follow:      tail -f {job.paths.stderr}   cancel: scancel {job.job_id}")
         return 0
@@ -139,12 +110,17 @@ def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow
     return report_training(job, cfg)
 
 
-def mlflow_run_text(run_dir: Path) -> str:
-    """The MLflow run id once rank 0 has opened it (`<run_dir>/mlflow_run_id`, kept across requeues)."""
-    id_file = run_dir / "mlflow_run_id"
-    if id_file.exists():
-        return f"run {id_file.read_text().strip()} (continued)"
-    return f"run id will be written to {id_file}"
+def mlflow_run_text(run_dir: Path, store: str) -> str:
+    """Which MLflow run the job will log to: the one named beside the checkpoints (kept across requeues),
+    unless that run lives in another store (then the job starts a new one there and says so)."""
+    id_file, store_file = run_dir / "mlflow_run_id", run_dir / "mlflow_store"
+    if not id_file.exists():
+        return f"a new run (its id will be written to {id_file})"
+    run_id = id_file.read_text().strip()
+    before = store_file.read_text().strip() if store_file.exists() else None
+    if before is not None and before != store:
+        return f"a new run: this run's MLflow run {run_id} is in another store ({before})"
+    return f"run {run_id} (continued)"
 
 
 def report_training(job, cfg: ExperimentConfig) -> int:
@@ -163,6 +139,30 @@ def report_training(job, cfg: ExperimentConfig) -> int:
     return 0
 
 
+def already_complete(cfg: ExperimentConfig) -> Optional[str]:
+    """What to say instead of submitting a run that has already reached train.max_steps (the job would
+    only load its last checkpoint and evaluate it again)."""
+    from pipeline.checkpoint import CheckpointError, latest_step
+    if not cfg.checkpoint.resume:
+        return None
+    try:
+        step = latest_step(cfg.run_dir / "checkpoints")
+    except CheckpointError:
+        return None  # the job itself reports a broken `latest`
+    if step is None or step < cfg.train.max_steps:
+        return None
+    final = cfg.run_dir / "final_metrics.json"
+    result = ""
+    if final.exists():
+        import json
+        with contextlib.suppress(ValueError, KeyError):
+            result = f"; its validation bits/dim is {json.loads(final.read_text())['val_bits_per_dim']:.4f} ({final})"
+    return (f"run '{cfg.name}' is already complete at step {step} (train.max_steps={cfg.train.max_steps}, "
+            f"checkpoints in {cfg.run_dir / 'checkpoints'}){result}. Nothing was submitted.\n"
+            f"  start a fresh run:  add  output_dir={cfg.run_dir}-2  (a new folder; the MLflow run is new too)\n"
+            f"  train it further:   add  train.max_steps={2 * step}  (resumes from step {step})")
+
+
 def dry_run_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path) -> str:
     executor = make_executor(cfg, not use_slurm, folder)
     if use_slurm:
@@ -173,7 +173,7 @@ def dry_run_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path) -> st
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.list:
-        print(list_experiments())
+        print("\n".join(f"{name:32s} {desc}" for name, desc in list_experiments()))
         return 0
     try:
         cfg = load_config(args.exp, args.overrides + resource_overrides(args))
@@ -191,6 +191,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         folder = Path(cfg.output_dir) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
         if args.dry_run:
             print(dry_run_training(cfg, use_slurm, folder))
+            return 0
+        check_data_paths(cfg)
+        done = already_complete(cfg)
+        if done:
+            print(done)
             return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

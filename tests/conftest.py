@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `launch`, whatever the import mode
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `helpers`, whatever the import mode
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,10 @@ def slurm_cluster() -> None:
     assert out.returncode == 0 and "UP" in out.stdout, (
         f"no SLURM controller answers ({out.stdout.strip()} {out.stderr.strip()}): "
         f"run `bash slurm/local-cluster.sh start` first")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Whatever uses the SLURM cluster is slow (`pytest -m "not slow"` leaves it out), marked or not."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -7,34 +7,111 @@ import time
 
 import pytest
 
-from pipeline.config import EXPERIMENTS_DIR, ConfigError, flatten, from_yaml_text, load_config, to_yaml
+from pipeline.config import (EXPERIMENTS_DIR, ConfigError, check_data_paths, config_layers, flatten,
+                             from_yaml_text, load_config, to_yaml)
 from pipeline.ds_config import deepspeed_config
 
-from launch import REPO
+from helpers import REPO
 
 ALL_EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", ALL_EXPERIMENTS)
-def test_every_experiment_loads(name, tmp_path):
-    cfg = load_config(name, [f"data.root={tmp_path}"])
+def test_every_experiment_loads(name):
+    cfg = load_config(name)
     assert cfg.name == name and cfg.description
     assert cfg.train.global_batch_size % (cfg.train.micro_batch_size * cfg.ranks()) == 0
 
 
 def test_paper_sizes_are_the_configs():
-    sizes = {n: (load_config(n, ["data.prepare=synthetic"]).model) for n in ALL_EXPERIMENTS}
+    sizes = {n: load_config(n).model for n in ALL_EXPERIMENTS}
     assert (sizes["cifar10_pixelcnn"].layers, sizes["cifar10_pixelcnn"].hidden) == (15, 128)
+    assert (sizes["cifar10_diagonal_bilstm"].layers, sizes["cifar10_diagonal_bilstm"].hidden) == (12, 128)
     assert (sizes["imagenet32_row_lstm"].layers, sizes["imagenet32_row_lstm"].hidden) == (12, 384)
     m64 = sizes["imagenet64_row_lstm"]
-    assert (m64.layers, m64.hidden, m64.image_size, m64.extra["residual"]) == (4, 512, 64, False)
-    assert sizes["imagenet64_multiscale"].extra["small_size"] == 32
+    assert (m64.layers, m64.hidden, m64.image_size, m64.residual) == (4, 512, 64, False)
+    assert (sizes["imagenet64_multiscale"].small_size, sizes["imagenet64_multiscale"].base) == (32, "diagonal_bilstm")
+
+
+def test_experiments_inherit_the_paper_setting_from_their_defaults():
+    cfg = load_config("imagenet32_row_lstm")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.checkpoint.every) == ("rmsprop", 0.001, 2000)  # base/paper.yaml
+    assert (cfg.train.global_batch_size, cfg.data.variant) == (64, "chrabaszcz-box")         # base/imagenet32.yaml
+    assert [p.name for p, _ in config_layers(EXPERIMENTS_DIR / "imagenet32_row_lstm.yaml")] == [
+        "paper.yaml", "imagenet32.yaml", "imagenet32_row_lstm.yaml"]
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_EXPERIMENTS if n != "smoke"])
+def test_each_experiment_states_only_what_differs_from_its_defaults(name):
+    """A key an experiment sets to the value its defaults already give is noise that hides what is special."""
+    layers = config_layers(EXPERIMENTS_DIR / f"{name}.yaml")
+    inherited = {}
+    for _, raw in layers[:-1]:
+        inherited.update(flatten_raw(raw))
+    repeated = {k: v for k, v in flatten_raw(layers[-1][1]).items() if k in inherited and inherited[k] == v}
+    assert not repeated, f"{name}.yaml repeats what its defaults say: {repeated}"
+
+
+def flatten_raw(raw, prefix=""):
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            out.update(flatten_raw(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def test_defaults_cycle_and_unknown_base_are_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("defaults: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("defaults: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("defaults: [papr]\n")
+    with pytest.raises(ConfigError, match="'papr'.*known: .*paper"):
+        load_config(str(tmp_path / "c.yaml"))
+
+
+def test_a_bad_key_in_a_base_names_the_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  max_step: 3\n")
+    (tmp_path / "exp.yaml").write_text("defaults: [base.yaml]\ndescription: x\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: unknown config key 'train.max_step'"):
+        load_config(str(tmp_path / "exp.yaml"))
 
 
 def test_override_sets_nested_value_with_its_type():
-    cfg = load_config("smoke", ["train.max_steps=7", "optim.lr=0.5", "model.extra.out_maps=32"])
+    cfg = load_config("smoke", ["train.max_steps=7", "optim.lr=0.5", "model.out_maps=32"])
     assert cfg.train.max_steps == 7 and isinstance(cfg.train.max_steps, int)
-    assert cfg.optim.lr == 0.5 and cfg.model.extra["out_maps"] == 32
+    assert cfg.optim.lr == 0.5 and cfg.model.out_maps == 32
+
+
+def test_model_section_is_the_typed_config_of_the_named_architecture():
+    from pipeline.models import DiagonalBiLSTMConfig, PixelCNNConfig
+    cfg = load_config("cifar10_diagonal_bilstm")
+    assert type(cfg.model) is DiagonalBiLSTMConfig
+    with pytest.raises(ConfigError, match="unknown config key 'model.kernel' \\(model 'diagonal_bilstm'\\)"):
+        load_config("cifar10_diagonal_bilstm", ["model.kernel=5"])  # the Diagonal BiLSTM has no kernel width
+    switched = load_config("cifar10_diagonal_bilstm", ["model.name=pixelcnn", "model.kernel=5"])
+    assert type(switched.model) is PixelCNNConfig and switched.model.kernel == 5
+    with pytest.raises(ConfigError, match="'model.name' is 'row_lstmm'; did you mean 'row_lstm'"):
+        load_config("smoke", ["model.name=row_lstmm"])
+
+
+def test_misspelt_model_key_is_refused_at_load_time():
+    """Defect: `model.extra` was a free dict, so `model.extra.residul=false` only failed inside the job."""
+    with pytest.raises(ConfigError, match="unknown config key 'model.residul'.*did you mean 'model.residual'"):
+        load_config("smoke", ["model.residul=false"])
+    with pytest.raises(ConfigError, match="'model.kernel' must be odd"):
+        load_config("smoke", ["model.kernel=4"])
+
+
+def test_load_config_is_pure_and_data_paths_are_checked_where_used(tmp_path):
+    """Defect: loading refused a missing data.root, so tools that never read data had to fake one."""
+    cfg = load_config("cifar10_row_lstm", [f"data.root={tmp_path / 'missing'}"])
+    assert cfg.data.root == str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="'data.root' does not exist"):
+        check_data_paths(cfg)
+    check_data_paths(load_config("smoke", [f"data.root={tmp_path / 'missing'}"]))  # generated: nothing to check
 
 
 @pytest.mark.parametrize("override, message", [
@@ -46,13 +123,12 @@ def test_override_sets_nested_value_with_its_type():
     ("train.global_batch_size=24", "not divisible"),
     ("train.micro_batch_size=0", "'train.micro_batch_size' must be at least 1"),
     ("optim.name=sgd", "'optim.name'"),
-    ("data.prepare=none", "'data.root' does not exist"),
+    ("model.layers=0", "'model.layers' must be at least 1"),
     ("noequals", "dotted.key=value"),
 ])
-def test_bad_config_is_refused_naming_the_key(override, message, tmp_path):
-    overrides = [f"data.root={tmp_path / 'missing'}", override]
+def test_bad_config_is_refused_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config("smoke", overrides)
+        load_config("smoke", [override])
 
 
 def test_fp16_on_cpu_is_refused():
@@ -98,7 +174,16 @@ def test_bad_override_fails_fast_from_the_command_line():
     assert elapsed < 2.0, f"took {elapsed:.2f} s"
 
 
-def test_model_names_known_to_the_config_are_the_registry():
-    from pipeline.config import CHOICES
-    from pipeline.models import MODELS
-    assert set(CHOICES["model.name"]) == set(MODELS)
+def test_model_configs_known_to_the_loader_are_the_registry():
+    from pipeline.models import CONFIGS, MODELS
+    assert set(CONFIGS) == set(MODELS)
+    assert all(CONFIGS[name]().name == name for name in CONFIGS)
+
+
+def test_summary_of_an_experiment_file():
+    """Defect: `python -m pipeline.models --summary configs/experiments/cifar10_row_lstm.yaml` failed with
+    TypeError: unexpected keyword argument 'extra'."""
+    out = subprocess.run([sys.executable, "-m", "pipeline.models", "--summary",
+                          "configs/experiments/cifar10_row_lstm.yaml"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "8,571,648 parameters" in out.stdout and "'hidden': 128" in out.stdout

@@ -7,7 +7,9 @@ import json
 import mlflow
 import pytest
 
-from launch import metrics, train_2ranks
+from helpers import metrics, train_2ranks
+
+pytestmark = pytest.mark.slow  # 2-rank DeepSpeed launches
 
 CASES = {
     # name: (ranks before, ranks after, overrides)

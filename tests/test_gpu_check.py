@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 
-from launch import REPO
+import pytest
+
+from helpers import REPO
 
 SCRIPT = REPO / "bench" / "gpu_check.py"
 
 
+@pytest.mark.slow  # ~30 s: every section's code on CPU
 def test_cpu_smoke_fills_every_section_without_errors(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     res = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--budget-s", "600"], cwd=REPO, env=env,

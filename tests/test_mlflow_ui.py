@@ -21,8 +21,9 @@ from typing import Dict, List
 import mlflow
 import pytest
 
-from launch import free_port
-from test_report import make_smoke_store
+from helpers import free_port, make_smoke_store
+
+pytestmark = pytest.mark.slow  # the MLflow UI in a headless browser
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -3,6 +3,7 @@
 shards and manifests byte-identical to a one-process `preprocessing.build` of the same source."""
 from __future__ import annotations
 
+import pytest
 import hashlib
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import preprocessing
 
-from launch import REPO
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster
 
 
 def _hashes(root: Path) -> dict:

@@ -7,6 +7,7 @@ again ~16 s later. A 2-rank smoke job needs ~20 s to reach its first step on 2 b
 """
 from __future__ import annotations
 
+import pytest
 import json
 import re
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import mlflow
 
-from launch import REPO, metrics, mlflow_store, train_2ranks
+from helpers import REPO, metrics, mlflow_store, train_2ranks
+
+pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster
 
 # Only the final evaluation and checkpoint: steps are then ~16/s on 2 cores, and the result depends
 # on nothing but the training itself.

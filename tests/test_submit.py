@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
-from launch import REPO, mlflow_store
+from helpers import REPO, mlflow_store
 
 
 def submit(*args, timeout=600):
@@ -44,10 +45,31 @@ def test_smoke_through_slurm_with_two_tasks(tmp_path, smoke_data, slurm_cluster)
     assert run.info.status == "FINISHED"
 
 
-def test_smoke_locally_without_slurm(tmp_path, smoke_data):
+@pytest.mark.slow  # 2-rank DeepSpeed jobs
+def test_smoke_locally_without_slurm_then_again(tmp_path, smoke_data):
     out = submit(*smoke_args(tmp_path, smoke_data), "--local")
     assert "(local executor, 2 task(s))" in out.stdout
-    assert_smoke_result(out, tmp_path)
+    first = assert_smoke_result(out, tmp_path)
+
+    # Defect: running a finished experiment again printed the old result as if it had trained.
+    again = submit(*smoke_args(tmp_path, smoke_data), "--local")
+    assert again.returncode == 0, again.stderr
+    assert "already complete at step 40" in again.stdout and "Nothing was submitted" in again.stdout
+    assert "output_dir=" in again.stdout and "train.max_steps=80" in again.stdout
+    assert " as job " not in again.stdout
+
+    # Defect: continuing it against another MLflow store died with "Run with id=... not found".
+    other = tmp_path / "other.db"
+    more = submit(*smoke_args(tmp_path, smoke_data), f"tracking.tracking_uri={mlflow_store(other)}",
+                  "train.max_steps=42", "train.eval_every=1000", "--local")
+    assert more.returncode == 0, more.stdout[-2000:] + more.stderr[-3000:]
+    assert f"a new run: this run's MLflow run {first.info.run_id} is in another store" in more.stdout
+    assert "Traceback" not in more.stdout + more.stderr and "finished: validation" in more.stdout
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{other}")
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert run.info.run_id != first.info.run_id and run.info.status == "FINISHED"
+    assert run.data.params["model"] == "row_lstm"  # a new MLflow run gets the params, though resumed
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_bits_per_dim")] == [42]
 
 
 def test_dry_run_of_smoke_builds_no_data(tmp_path):

@@ -14,7 +14,9 @@ import torch
 
 from pipeline.export import consolidated_state
 
-from launch import REPO, hex_losses, metrics, train_2ranks
+from helpers import REPO, hex_losses, metrics, train_2ranks
+
+pytestmark = pytest.mark.slow  # 2-rank DeepSpeed launches
 
 Z2 = ["train.max_steps=30", "train.eval_every=15", "checkpoint.every=10", "train.log_every=5",
       "train.sample_every_eval=4", "train.precision=bf16", "train.zero_stage=2", "optim.name=rmsprop"]

@@ -6,33 +6,32 @@
     bpd = m.bits_per_dim(x)    # [B], the training loss
     imgs = m.sample(16, generator=g)
     build_model(**m.config)    # same architecture
+
+Each architecture has a typed config (`configs.py`, torch-free) and a model class (its own file),
+registered together in `registry.py`. The names below that need torch are imported on first use, so
+that the experiment loader can read the configs without paying for torch.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Type
+import importlib
+from typing import Any
 
-import torch.nn as nn
+from .configs import (CONFIGS, DiagonalBiLSTMConfig, ModelConfig, MultiScaleConfig, PixelCNNConfig, RowLSTMConfig,
+                      make_config)
 
-from .base import PixelRNNBase, compile_cells, count_parameters
-from .diagonal_bilstm import DiagonalBiLSTM
-from .multiscale import MultiScalePixelRNN
-from .pixelcnn import PixelCNN
-from .row_lstm import RowLSTM
-
-MODELS: Dict[str, Type[nn.Module]] = {
-    "pixelcnn": PixelCNN,
-    "row_lstm": RowLSTM,
-    "diagonal_bilstm": DiagonalBiLSTM,
-    "multiscale": MultiScalePixelRNN,
+_LAZY = {  # name -> submodule that defines it
+    "MODELS": "registry", "build_model": "registry",
+    "PixelRNNBase": "base", "compile_cells": "base", "count_parameters": "base",
+    "PixelCNN": "pixelcnn", "RowLSTM": "row_lstm", "DiagonalBiLSTM": "diagonal_bilstm",
+    "MultiScalePixelRNN": "multiscale",
 }
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate registry model `name` with its keyword arguments (see each class)."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
-    return MODELS[name](**kwargs)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "build_model", "compile_cells", "count_parameters", "PixelRNNBase", "PixelCNN", "RowLSTM",
-           "DiagonalBiLSTM", "MultiScalePixelRNN"]
+__all__ = ["CONFIGS", "ModelConfig", "PixelCNNConfig", "RowLSTMConfig", "DiagonalBiLSTMConfig", "MultiScaleConfig",
+           "make_config", *_LAZY]

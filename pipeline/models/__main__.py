@@ -1,15 +1,15 @@
 """`python -m pipeline.models --summary CONFIG`: parameter counts.
 
-CONFIG is a YAML experiment file (its `model:` mapping: name, image_size, layers, hidden,
-extra kwargs), a registry name (default sizes), or `paper` (the paper's configurations).
+CONFIG is an experiment (a name in configs/experiments/ or a YAML path: its `model:` section, defaults
+and all), a registry name (that architecture's default sizes), or `paper` (the paper's configurations).
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import MODELS, build_model, count_parameters
+from . import CONFIGS, build_model, count_parameters
 
 # Section 5: CIFAR-10 and ImageNet models. Diagonal BiLSTM / multi-scale widths on ImageNet
 # are not stated in the paper; h=128 is assumed.
@@ -26,27 +26,36 @@ PAPER: List[Tuple[str, Dict[str, Any]]] = [
 
 
 def configs(spec: str) -> List[Tuple[str, Dict[str, Any]]]:
-    """(label, build_model kwargs incl. name) for a YAML path, a registry name or 'paper'."""
+    """(label, build_model keywords incl. name) for 'paper', a registry name or an experiment."""
     if spec == "paper":
         return PAPER
-    if spec in MODELS:
+    if spec in CONFIGS:
         return [(spec, {"name": spec})]
-    import yaml
-    model = dict(yaml.safe_load(Path(spec).read_text())["model"])
-    return [(spec, model)]
+    # An entry point (nothing imports it): reading an experiment needs the experiment loader (defaults,
+    # validation), which sits above the models in the import order.
+    import dataclasses
+
+    from pipeline.config import load_config
+    return [(spec, dataclasses.asdict(load_config(spec).model))]
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.models", description=__doc__.splitlines()[0])
-    parser.add_argument("--summary", required=True, metavar="CONFIG", help="YAML file, registry name or 'paper'")
+    parser.add_argument("--summary", required=True, metavar="CONFIG",
+                        help="experiment name or YAML file, registry name, or 'paper'")
     args = parser.parse_args(argv)
-    for label, kw in configs(args.summary):
-        kw = dict(kw)
-        model = build_model(kw.pop("name"), **kw)
+    try:
+        specs = configs(args.summary)
+    except ValueError as e:  # pipeline.config.ConfigError: an unknown experiment, a bad key
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for label, kw in specs:
+        model = build_model(**kw)
         parts = {n: count_parameters(mod) for n, mod in model.named_children()}
         detail = ", ".join(f"{n} {c:,}" for n, c in parts.items())
         print(f"{label}: {count_parameters(model):,} parameters ({detail})  config={model.config}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,6 +20,7 @@ Subclasses build `self.layers`: modules with
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .configs import ModelConfig
 from .masks import MaskedConv2d, color_groups
 
 LOG2 = math.log(2.0)
@@ -99,12 +101,13 @@ class PixelRNNBase(nn.Module):
 
     name: str = "base"
 
-    def __init__(self, image_size: int, hidden: int, out_maps: int = 1024, skip: bool = True,
-                 input_kernel: int = 7):
+    def __init__(self, cfg: ModelConfig, input_kernel: int = 7):
         super().__init__()
-        self.image_size, self.hidden, self.skip = image_size, hidden, skip
-        self.config: Dict[str, Any] = {}
-        h2 = 2 * hidden
+        cfg.check()
+        self.image_size, self.hidden, self.skip = cfg.image_size, cfg.hidden, cfg.skip
+        # build_model(**model.config) rebuilds the architecture; checkpoints store this dict.
+        self.config: Dict[str, Any] = dataclasses.asdict(cfg)
+        h2, out_maps = 2 * cfg.hidden, cfg.out_maps
         # Section 3.4: only the first layer uses mask A (3 input channels = R, G, B groups).
         self.input_conv = MaskedConv2d(3, h2, input_kernel, "A")
         logit_groups = torch.arange(3 * 256) // 256  # logits are colour-major: [R x256, G x256, B x256]

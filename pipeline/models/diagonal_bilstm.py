@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import PixelRNNBase, gate_groups, lstm_cell
+from .configs import DiagonalBiLSTMConfig
 from .masks import MaskedLinear
 from .skew import skew, unskew
 
@@ -179,9 +180,7 @@ class DiagonalBiLSTM(PixelRNNBase):
 
     name = "diagonal_bilstm"
 
-    def __init__(self, image_size: int = 32, layers: int = 12, hidden: int = 128, out_maps: int = 1024,
-                 residual: bool = True, skip: bool = True, cond_maps: int = 0):
-        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        super().__init__(image_size, hidden, out_maps, skip)
-        self.config = {"name": self.name, **config}
-        self.layers = nn.ModuleList(DiagonalBiLSTMLayer(hidden, residual, cond_maps) for _ in range(layers))
+    def __init__(self, cfg: DiagonalBiLSTMConfig):
+        super().__init__(cfg)
+        self.layers = nn.ModuleList(DiagonalBiLSTMLayer(cfg.hidden, cfg.residual, cfg.cond_maps)
+                                    for _ in range(cfg.layers))

@@ -15,6 +15,7 @@ Choices the paper leaves open (documented here):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .base import nll_bits, scale_input
+from .configs import MultiScaleConfig
 from .diagonal_bilstm import DiagonalBiLSTM
 from .pixelcnn import PixelCNN
 from .row_lstm import RowLSTM
@@ -43,9 +45,7 @@ class Upsampler(nn.Module):
 
     def __init__(self, cond_maps: int, factor: int):
         super().__init__()
-        steps = int(round(math.log2(factor)))
-        if 2 ** steps != factor:
-            raise ValueError(f"image_size / small_size must be a power of 2, got {factor}")
+        steps = int(round(math.log2(factor)))  # a power of 2: MultiScaleConfig.check
         mods: list = [nn.Conv2d(3, cond_maps, 3, padding=1), nn.ReLU()]
         for _ in range(steps):
             mods += [nn.ConvTranspose2d(cond_maps, cond_maps, 4, stride=2, padding=1), nn.ReLU()]
@@ -60,25 +60,16 @@ class MultiScalePixelRNN(nn.Module):
 
     name = "multiscale"
 
-    def __init__(self, image_size: int = 64, layers: int = 12, hidden: int = 128,
-                 small_size: Optional[int] = None, base: str = "diagonal_bilstm",
-                 cond_maps: Optional[int] = None, out_maps: int = 1024, residual: bool = True,
-                 skip: bool = True, **base_kwargs: Any):
+    def __init__(self, cfg: MultiScaleConfig):
         super().__init__()
-        small_size = image_size // 2 if small_size is None else small_size
-        cond_maps = hidden if cond_maps is None else cond_maps
-        self.config: Dict[str, Any] = {
-            "name": self.name, "image_size": image_size, "layers": layers, "hidden": hidden,
-            "small_size": small_size, "base": base, "cond_maps": cond_maps, "out_maps": out_maps,
-            "residual": residual, "skip": skip, **base_kwargs}
-        self.image_size, self.small_size = image_size, small_size
-        self.factor = image_size // small_size
-        if self.factor * small_size != image_size:
-            raise ValueError("small_size must divide image_size")
-        common = dict(layers=layers, hidden=hidden, out_maps=out_maps, residual=residual, skip=skip, **base_kwargs)
-        self.small = BASES[base](image_size=small_size, **common)
-        self.large = BASES[base](image_size=image_size, cond_maps=cond_maps, **common)
-        self.upsample = Upsampler(cond_maps, self.factor)
+        cfg.check()
+        cfg = dataclasses.replace(cfg, small_size=cfg.small(), cond_maps=cfg.cond_maps or cfg.hidden)  # 0: auto
+        self.config: Dict[str, Any] = dataclasses.asdict(cfg)
+        self.image_size, self.small_size = cfg.image_size, cfg.small_size
+        self.factor = cfg.image_size // cfg.small_size
+        self.small = BASES[cfg.base](cfg.base_config(cfg.small_size, 0))
+        self.large = BASES[cfg.base](cfg.base_config(cfg.image_size, cfg.cond_maps))
+        self.upsample = Upsampler(cfg.cond_maps, self.factor)
 
     def downsample(self, x: torch.Tensor) -> torch.Tensor:
         """The small image the unconditional part models (see module docstring)."""

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import LayerCacheMixin, PixelRNNBase
+from .configs import PixelCNNConfig
 from .masks import MaskedConv2d
 
 
@@ -65,9 +66,7 @@ class PixelCNN(PixelRNNBase):
 
     name = "pixelcnn"
 
-    def __init__(self, image_size: int = 32, layers: int = 15, hidden: int = 128, kernel: int = 3,
-                 out_maps: int = 1024, residual: bool = True, skip: bool = True, cond_maps: int = 0):
-        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        super().__init__(image_size, hidden, out_maps, skip)
-        self.config = {"name": self.name, **config}
-        self.layers = nn.ModuleList(ResidualBlock(hidden, kernel, residual, cond_maps) for _ in range(layers))
+    def __init__(self, cfg: PixelCNNConfig):
+        super().__init__(cfg)
+        self.layers = nn.ModuleList(ResidualBlock(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps)
+                                    for _ in range(cfg.layers))

@@ -6,17 +6,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for fault_helpers, any import mode
-
-from fault_helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, CheckpointObserver,  # noqa: E402
-                           Launch, metrics, process_groups, watch)
-
+from helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, CheckpointObserver, Launch, metrics,
+                     process_groups, watch)
 
 
 def _latest_step(run):

@@ -11,8 +11,10 @@ import torch
 from pipeline.checkpoint import CheckpointError, check_compatible, latest_tag, read_meta
 from pipeline.export import consolidated_state
 
-from fault_helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, Launch, fill_up, hex_losses,
-                           sha256_tree, small_filesystem)
+from helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, Launch, fill_up, hex_losses,
+                     sha256_tree, small_filesystem)
+
+pytestmark = pytest.mark.slow  # 2-rank DeepSpeed launches killed and resumed
 
 
 def test_sigkill_anywhere_then_resume_is_bit_exact(kill_chain):

@@ -22,10 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from fault_helpers import REPO, fill_up, sha256_tree, small_filesystem
-
-sys.path.insert(0, str(REPO / "tests" / "preprocessing"))
-from prep_helpers import encode, noise_image, output_bytes, read_samples, run_cli, write  # noqa: E402
+from helpers import (REPO, encode, fill_up, noise_image, output_bytes, read_samples, run_cli, sha256_tree,
+                     small_filesystem, write)
 
 BUILD = ["--split", "train", "--sizes", "8", "16", "--workers", "2", "--shard-size", "16", "--no-progress"]
 KILLS = 4

@@ -14,7 +14,7 @@ import torch
 from pipeline.data import TrainStream, eval_batches, iterate_eval, load_shard_set, train_loader
 from pipeline.export import load_checkpoint_model
 
-from fault_helpers import REPO
+from helpers import REPO
 
 
 class Payload:

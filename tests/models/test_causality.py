@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ARCHS, changed_matrix, tiny
+from helpers import ARCHS, changed_matrix, tiny
 
 N_SUB = 3 * 6 * 6
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import ALL, ARCHS, tiny
+from helpers import ALL, tiny
 from pipeline.models import MODELS, build_model, count_parameters
 from pipeline.models.__main__ import main as cli_main
 from pipeline.models.base import lstm_cell
@@ -150,7 +150,7 @@ def test_fp16_autocast_forward():
 def test_registry_and_cli(tmp_path, capsys):
     assert set(MODELS) == {"pixelcnn", "row_lstm", "diagonal_bilstm", "multiscale"}
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text("seed: 1\nmodel:\n  name: pixelcnn\n  image_size: 6\n  layers: 1\n  hidden: 4\n  out_maps: 8\n")
+    cfg.write_text("model:\n  name: pixelcnn\n  image_size: 6\n  layers: 1\n  hidden: 4\n  out_maps: 8\n")
     cli_main(["--summary", str(cfg)])
     assert "8,392 parameters" in capsys.readouterr().out
     cli_main(["--summary", "row_lstm"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ALL, ARCHS, tiny
+from helpers import ALL, ARCHS, tiny
 
 
 def peaky(m: torch.nn.Module) -> torch.nn.Module:

@@ -1,15 +1,10 @@
 """Fixtures for the preprocessing tests: a synthetic ImageFolder and one full of oddities."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for prep_helpers, any import mode
-
-from prep_helpers import encode, noise_image, write
+from helpers import encode, noise_image, write
 
 
 @pytest.fixture(scope="session")

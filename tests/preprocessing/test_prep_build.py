@@ -12,7 +12,7 @@ from preprocessing import PreprocessError, build, finalize, info, verify
 from preprocessing.fsutil import read_json
 from preprocessing.imaging import png_encoder
 
-from prep_helpers import output_bytes, read_samples
+from helpers import output_bytes, read_samples
 
 SIZES = [16, 32]
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from prep_helpers import encode, noise_image, run_cli, write
+from helpers import encode, noise_image, run_cli, write
 
 
 def test_synthetic_build_info_verify(tmp_path):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from preprocessing.imaging import SkipImage, decode, render
 
-from prep_helpers import encode, noise_image
+from helpers import encode, noise_image
 
 
 def _png_pixels(data: bytes) -> np.ndarray:

@@ -11,7 +11,7 @@ from PIL import Image
 from preprocessing import PreprocessError, build, finalize, sources
 from preprocessing.arrays import safe_unpickle
 
-from prep_helpers import encode, noise_image, output_bytes, read_samples, write
+from helpers import encode, noise_image, output_bytes, read_samples, write
 
 WNIDS = ["n01440764", "n01443537", "n02119789"]
 

@@ -20,6 +20,8 @@ import cloudpickle
 import pytest
 import submitit
 
+pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster
+
 # The job processes cannot import this test module (it is not on their sys.path):
 # pickle the functions/classes defined here by value instead of by reference.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_store,  # noqa: F401
-                    process_groups, signal_groups)  # tests/ is on sys.path: see tests/conftest.py
+from .launch import REPO, free_port, kill_tree, mlflow_store, process_groups, signal_groups
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

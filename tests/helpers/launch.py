@@ -1,5 +1,4 @@
-"""Helpers shared by the test modules: 2-rank launches that can be killed, and the run's metrics.
-(A uniquely named module: `from conftest import ...` would find whichever conftest came first on sys.path.)"""
+"""2-rank launches that can be killed, the run's metrics, and MLflow stores for tests."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 

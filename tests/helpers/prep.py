@@ -1,7 +1,4 @@
-"""Helpers for the preprocessing tests: tiny images, shard readers, CLI runner.
-
-(A uniquely named module rather than `from conftest import ...`, which would pick up whichever
-conftest another test folder put first on sys.path.)"""
+"""Helpers for the preprocessing tests: tiny images, shard readers, CLI runner."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from .launch import REPO
 
 
 def noise_image(w: int, h: int, seed: int = 0, mode: str = "RGB") -> Image.Image:

@@ -1,0 +1,124 @@
+"""One typed config per architecture, registered by name (torchtitan's pattern: the arguments beside the model).
+
+The experiment schema (`pipeline/config.py`) picks the dataclass by `model.name`, so an unknown or
+misspelt key (`model.residul`) is refused when the experiment is loaded, with the nearest valid key.
+This module imports no torch: loading and refusing a config stays fast.
+
+Defaults are the paper's (van den Oord et al. 2016, Sections 3.4 and 5): a 7x7 mask-A input layer, 12
+layers of h = 128 (PixelCNN: 15), residual connections, learnable skip connections from every layer
+to the output, and an output head of two ReLU + 1x1 mask-B layers with 1024 maps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Dict, Type
+
+
+@dataclass
+class ModelConfig:
+    """What every architecture has."""
+    name: str = ""
+    image_size: int = 32
+    layers: int = 12
+    hidden: int = 128        # h in the paper; recurrent layers carry 2h maps between them
+    out_maps: int = 1024     # the output head's hidden 1x1 layer (Section 3.4)
+    residual: bool = True    # residual connections around each layer (Section 3.4)
+    skip: bool = True        # skip connections from every layer to the output (Section 3.4)
+
+    def check(self) -> None:
+        """Raise ValueError naming the field if the values cannot build a model."""
+        for key in ("image_size", "layers", "hidden", "out_maps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"'model.{key}' must be at least 1, got {getattr(self, key)}")
+
+
+def _check_kernel(kernel: int) -> None:
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"'model.kernel' must be odd and positive (a centred mask), got {kernel}")
+
+
+@dataclass
+class PixelCNNConfig(ModelConfig):
+    """Section 3.3: residual blocks of masked 3x3 convolutions (15 layers in the CIFAR-10 experiment)."""
+    name: str = "pixelcnn"
+    layers: int = 15
+    kernel: int = 3
+    cond_maps: int = 0       # maps of a conditioning input (the multi-scale model's upper part)
+
+    def check(self) -> None:
+        super().check()
+        _check_kernel(self.kernel)
+
+
+@dataclass
+class RowLSTMConfig(ModelConfig):
+    """Section 3.1: k x 1 state-to-state and input-to-state convolutions (k = 3)."""
+    name: str = "row_lstm"
+    kernel: int = 3
+    cond_maps: int = 0
+
+    def check(self) -> None:
+        super().check()
+        _check_kernel(self.kernel)
+
+
+@dataclass
+class DiagonalBiLSTMConfig(ModelConfig):
+    """Section 3.2: two directions along the diagonals, a 2x1 state-to-state convolution."""
+    name: str = "diagonal_bilstm"
+    cond_maps: int = 0
+
+
+@dataclass
+class MultiScaleConfig(ModelConfig):
+    """Section 3.5: an unconditional `base` model on the small image, a conditional one on the full image."""
+    name: str = "multiscale"
+    image_size: int = 64
+    small_size: int = 0      # 0: image_size // 2
+    base: str = "diagonal_bilstm"
+    cond_maps: int = 0       # maps of the upsampled small image fed to every conditional layer; 0: hidden
+    kernel: int = 3          # the base's kernel, where it has one (PixelCNN, Row LSTM)
+
+    def small(self) -> int:
+        return self.small_size or self.image_size // 2
+
+    def check(self) -> None:
+        super().check()
+        _check_kernel(self.kernel)
+        if self.base not in BASES:
+            raise ValueError(f"'model.base' is {self.base!r}; expected one of {sorted(BASES)}")
+        factor, rest = divmod(self.image_size, self.small())
+        if rest or factor < 2 or factor & (factor - 1):
+            raise ValueError(f"'model.image_size' / 'model.small_size' must be a power of 2 (at least 2), got "
+                             f"{self.image_size} / {self.small()}")
+
+    def base_config(self, image_size: int, cond_maps: int) -> ModelConfig:
+        """The config of one of the two base models."""
+        cls = BASES[self.base]
+        names = {f.name for f in dataclasses.fields(cls)}
+        shared = {k: getattr(self, k) for k in ("layers", "hidden", "out_maps", "residual", "skip", "kernel")
+                  if k in names}
+        return cls(image_size=image_size, cond_maps=cond_maps, **shared)
+
+
+BASES: Dict[str, Type[ModelConfig]] = {"pixelcnn": PixelCNNConfig, "row_lstm": RowLSTMConfig,
+                                       "diagonal_bilstm": DiagonalBiLSTMConfig}
+CONFIGS: Dict[str, Type[ModelConfig]] = {**BASES, "multiscale": MultiScaleConfig}
+
+
+def make_config(name: str, **kwargs: Any) -> ModelConfig:
+    """The typed config of architecture `name`; an unknown keyword is refused with the nearest valid one."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(CONFIGS)}")
+    cls = CONFIGS[name]
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+    for key in kwargs:
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ValueError(f"{name} has no setting '{key}'{hint} (settings: {', '.join(fields)})")
+    cfg = cls(**kwargs)
+    cfg.check()
+    return cfg

@@ -1,0 +1,49 @@
+"""Ready-made small datasets for local runs and tests, built with the real build code (`data.prepare`).
+
+    prepare_synthetic(root, 8, train_images=256, val_images=64, classes=4)
+    -> <root>/8/train-*.tar + train.json, <root>/8/val-*.tar + val.json (nothing is done when both exist)
+
+The launcher calls these before it submits a job whose config asks for them (`data.prepare: synthetic`),
+so the job reads ordinary shards like any other.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from shardformat import manifest_path
+
+from .builder import build
+from .synthetic import make_synthetic
+
+
+def _ready(root: Path, size: int, splits: Sequence[str]) -> bool:
+    return all(manifest_path(root, size, s).exists() for s in splits)
+
+
+def prepare_synthetic(root, size: int, train_images: int, val_images: int, classes: int, shard_size: int = 16,
+                      seed: int = 0, train_split: str = "train", val_split: str = "val") -> bool:
+    """Generate one pool of images (one palette per class), hold its tail out for validation, and build both
+    splits at `size`. Returns False when the shards were already there. A run interrupted at any point
+    is finished by the next call."""
+    root = Path(root)
+    if _ready(root, size, (train_split, val_split)):
+        return False
+    pool, splits = root / "_images", root / "_splits"
+    if not splits.exists():
+        shutil.rmtree(pool, ignore_errors=True)  # a half-made pool from an interrupted run
+        staging = pool.with_name("_splits.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        make_synthetic(pool, num_images=train_images + val_images, classes=classes, seed=seed)
+        for path in sorted(pool.glob("*/*.*")):
+            index = int(path.stem.rsplit("_", 1)[1])
+            split = train_split if index < train_images else val_split
+            target = staging / split / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+        staging.rename(splits)  # the split trees appear whole, or not at all
+    for split in (train_split, val_split):
+        build(splits / split, split, [size], root, shard_size=shard_size, seed=seed)
+        print(f"prepared synthetic {split} shards in {root / str(size)}")
+    return True

@@ -1,0 +1,27 @@
+"""Everything the test modules share, in one place: `from helpers import train_2ranks, tiny, ...`
+(tests/conftest.py puts tests/ on sys.path). Test modules import from here, never from each other or
+from a conftest.
+
+  launch       2-rank launches that can be killed, a run's metrics, MLflow stores
+  faults       fault-injection launches, checkpoint observers, a small filesystem for full-disk faults
+  prep         tiny images, shard readers, the preprocessing CLI
+  tiny_models  tiny model configurations and the causality probe
+  mlflow_runs  a real MLflow store of two finished smoke runs
+"""
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the DeepSpeed launches of the tests run on CPU
+
+from .faults import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, CheckpointObserver,  # noqa: E402
+                     Launch, fill_up, sha256_tree, small_filesystem, train_args, watch)
+from .launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_store, process_groups,  # noqa: E402
+                     signal_groups, train_2ranks)
+from .mlflow_runs import COMMON, SMOKE_RUNS, make_smoke_store  # noqa: E402
+from .prep import encode, noise_image, output_bytes, read_samples, run_cli, write  # noqa: E402
+from .tiny_models import ALL, ARCHS, TINY, changed_matrix, perturb_each_subpixel, tiny  # noqa: E402
+
+__all__ = ["CHAIN", "CHAIN_STEPS", "DIST_TIMEOUT_S", "LAUNCH_TIMEOUT", "SEED", "CheckpointObserver", "Launch", "fill_up",
+           "sha256_tree", "small_filesystem", "train_args", "watch", "REPO", "free_port", "hex_losses", "kill_tree",
+           "metrics", "mlflow_store", "process_groups", "signal_groups", "train_2ranks", "COMMON", "SMOKE_RUNS",
+           "make_smoke_store", "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write", "ALL",
+           "ARCHS", "TINY", "changed_matrix", "perturb_each_subpixel", "tiny"]

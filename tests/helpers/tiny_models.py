@@ -1,0 +1,40 @@
+"""Tiny model configurations and the causality probe shared by the model tests (kept small: 2 CPU cores)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pipeline.models import build_model
+
+ARCHS = ["pixelcnn", "row_lstm", "diagonal_bilstm"]
+ALL = ARCHS + ["multiscale"]
+TINY = dict(image_size=6, layers=2, hidden=8, out_maps=32)
+
+
+def tiny(name: str, seed: int = 0, **kw) -> torch.nn.Module:
+    """A tiny float64 model in eval mode (deterministic init)."""
+    torch.manual_seed(seed)
+    return build_model(name, **{**TINY, **kw}).double().eval()
+
+
+def perturb_each_subpixel(x: torch.Tensor) -> torch.Tensor:
+    """x uint8 [3, H, W] -> [3HW, 3, H, W]; copy k has sub-pixel k (raster, then R, G, B) changed."""
+    _, h, w = x.shape
+    n = 3 * h * w
+    flat = x.permute(1, 2, 0).reshape(1, n).repeat(n, 1)
+    idx = torch.arange(n)
+    flat[idx, idx] = (flat[idx, idx].long() + 128).remainder(256).to(torch.uint8)
+    return flat.view(n, h, w, 3).permute(0, 3, 1, 2).contiguous()
+
+
+def changed_matrix(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """changed[k, m]: perturbing sub-pixel k changes (bit-for-bit) the logits of sub-pixel m.
+
+    The unperturbed image runs in the same batch: a different batch size may change the
+    matmul kernels and so the rounding.
+    """
+    with torch.no_grad():
+        out = fn(torch.cat([x[None], perturb_each_subpixel(x)]))
+    changed = (out[1:] != out[:1]).any(1)  # [n, 3, H, W]
+    return changed.permute(0, 2, 3, 1).reshape(changed.shape[0], -1)
