@@ -127,6 +127,7 @@ class PreprocessConfig:
     seed: int = 0
     val_labels: str = ""            # ImageNet val labels file, for a val split
     class_map: str = ""
+    label_order: str = "wnid"       # wnid (ImageNet classes by sorted wnid, from every source) | release (npz)
     overwrite: bool = False         # only with num_tasks=1 (preprocessing refuses it for arrays)
     array_parallelism: int = 0      # at most this many tasks at once (0: all)
 
@@ -166,6 +167,7 @@ CHOICES = {
     "data.prepare": ("none", "synthetic"),
     "kind": ("train", "preprocess"),
     "preprocess.resize": ("box", "center-crop"),
+    "preprocess.label_order": ("wnid", "release"),
 }
 
 
@@ -296,9 +298,10 @@ def validate_preprocess(cfg: ExperimentConfig) -> None:
     if cfg.kind not in CHOICES["kind"]:
         raise ConfigError(f"'kind' is {cfg.kind!r}; expected one of {list(CHOICES['kind'])}")
     p = cfg.preprocess
-    if p.resize not in CHOICES["preprocess.resize"]:
-        raise ConfigError(f"'preprocess.resize' is {p.resize!r}; expected one of "
-                          f"{list(CHOICES['preprocess.resize'])}")
+    for key in ("preprocess.resize", "preprocess.label_order"):
+        value = getattr(p, key.split(".")[1])
+        if value not in CHOICES[key]:
+            raise ConfigError(f"'{key}' is {value!r}; expected one of {list(CHOICES[key])}")
     if not p.source:
         raise ConfigError("'preprocess.source' is empty: give the image folder, tar or npz to render")
     if not p.sizes:

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .errors import PreprocessError
-from .labels import read_class_map
+from .labels import imagenet_class_map, read_class_map
 from .source_types import Item, Source
 
 _ALLOWED = {
@@ -184,8 +184,11 @@ def _memmap_member(path: Path, member: str) -> Optional[np.ndarray]:
         return None   # not a plain stored member: let np.load handle (or report) it
 
 
-def open_npz(files: List[Path], class_map: Optional[Path]) -> Source:
-    mapping = read_class_map(class_map) if class_map else None
+def open_npz(files: List[Path], class_map: Optional[Path], label_order: str = "wnid") -> Source:
+    """The npz release: its 1-based labels are named through `class_map` (default: the release's own,
+    shipped as data). `label_order` "release" keeps the release's order (label = id - 1); "wnid" leaves
+    the order to `labels.label_space` (the sorted wnids), as for every other source."""
+    mapping = read_class_map(class_map) if class_map else imagenet_class_map()
     items: List[Item] = []
     for fi, f in enumerate(files):
         try:
@@ -202,14 +205,12 @@ def open_npz(files: List[Path], class_map: Optional[Path]) -> Source:
             raise PreprocessError(f"{f}: {n_data} images but {len(labels)} labels")
         stem = f.name[:-4] if f.name.endswith(".npz") else f.name
         for row, lab in enumerate(labels.tolist()):
-            if mapping is not None:
-                if lab not in mapping:
-                    raise PreprocessError(f"{f}: label {lab} is not in the class map")
-                name = mapping[lab]
-            else:
-                if lab < 1:
-                    raise PreprocessError(f"{f}: label {lab} < 1 (the release's labels are 1-based)")
-                name = f"{lab:04d}"   # release order, zero-padded so sorting keeps it
-            items.append(Item((fi, row), f"{f.name}[{row}]", name, f"{stem}_{row:07d}"))
-    classes = sorted({it.cls for it in items})
+            if lab not in mapping:
+                where = class_map or "the release's class map (ids 1..1000)"
+                raise PreprocessError(f"{f}: label {lab} is not in {where}")
+            items.append(Item((fi, row), f"{f.name}[{row}]", mapping[lab], f"{stem}_{row:07d}"))
+    if label_order == "release":  # every class of the map, in id order: label = position = id - 1 for 1..N
+        classes = [mapping[i] for i in sorted(mapping)]
+    else:
+        classes = sorted({it.cls for it in items})
     return Source("downsampled-imagenet-npz", classes, items, ArrayReader(files, "npz"))

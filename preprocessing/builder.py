@@ -59,13 +59,14 @@ def _check_args(split, sizes, shard_size, resize, workers, num_tasks, task_id) -
 def build(source, split: str, sizes: Iterable[int], out, *, workers: int = 1,
           shard_size: int = DEFAULT_SHARD_SIZE, resize: str = "box", seed: int = 0,
           val_labels=None, class_map=None, exif_transpose: bool = False, num_tasks: int = 1,
-          task_id: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+          task_id: int = 0, overwrite: bool = False, progress: bool = True, label_order: str = "wnid") -> dict:
     """Build shards. With one task, finalize too and return {size: manifest}; with K tasks,
-    render this task's blocks and return a status dict (run :func:`finalize` after all tasks)."""
+    render this task's blocks and return a status dict (run :func:`finalize` after all tasks).
+    `label_order`: "wnid" (ImageNet classes by sorted wnid, the default) or "release" (the npz release's)."""
     sizes = _check_args(split, sizes, shard_size, resize, workers, num_tasks, task_id)
     out = Path(out)
     # K array tasks would each list a tar source again: the first one saves the listing for the rest
-    src = open_source(source, split, val_labels, class_map, cache_dir=out / ".listing")
+    src = open_source(source, split, val_labels, class_map, cache_dir=out / ".listing", label_order=label_order)
     n = len(src.items)
     keys = make_keys(src.items)
     order = np.random.default_rng(seed).permutation(n)
@@ -76,7 +77,7 @@ def build(source, split: str, sizes: Iterable[int], out, *, workers: int = 1,
                   "shard_size": shard_size, "resize": resize, "seed": seed,
                   "val_labels": str(Path(val_labels).resolve()) if val_labels else None,
                   "class_map": str(Path(class_map).resolve()) if class_map else None,
-                  "exif_transpose": bool(exif_transpose)}
+                  "exif_transpose": bool(exif_transpose), "label_order": label_order}
         state = {"params": params, "classes": src.classes, "source_kind": src.kind,
                  "num_inputs": n, "num_blocks": num_blocks, "source_fingerprint": fingerprint,
                  "png_encoder": png_encoder()}

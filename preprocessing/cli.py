@@ -14,6 +14,7 @@ from typing import List, Optional
 from .builder import DEFAULT_SHARD_SIZE, build, finalize
 from .errors import PreprocessError
 from .imaging import MAX_SIZE, MIN_SIZE, RESIZE_METHODS
+from .labels import LABEL_ORDERS
 from .manifest import info, verify
 from .synthetic import make_synthetic
 
@@ -33,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="output directory")
     b.add_argument("--val-labels", help="LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
     b.add_argument("--class-map", help="id -> wnid map for the devkit labels / npz release: meta.mat "
-                                       "(needs scipy) or text '<wnid> <id>' lines (map_clsloc.txt)")
+                                       "(needs scipy) or text '<wnid> <id>' lines (map_clsloc.txt); the npz "
+                                       "release's own map is built in")
+    b.add_argument("--label-order", choices=LABEL_ORDERS, default="wnid",
+                   help="wnid: ImageNet classes labelled by sorted wnid, the same from every source (default); "
+                        "release: the npz release's own order (label = its id - 1)")
     b.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     b.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help=f"samples per shard (default {DEFAULT_SHARD_SIZE})")
@@ -81,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         shard_size=args.shard_size, resize=args.resize, seed=args.seed,
                         val_labels=args.val_labels, class_map=args.class_map,
                         exif_transpose=args.exif_transpose, num_tasks=args.num_tasks,
-                        task_id=args.task_id, overwrite=args.overwrite, progress=not args.no_progress)
+                        task_id=args.task_id, overwrite=args.overwrite, progress=not args.no_progress,
+                        label_order=args.label_order)
             if args.num_tasks == 1:
                 _report(res)
             else:

@@ -16,12 +16,20 @@ file when not given: ``meta.mat``, then ``map_clsloc.txt``):
   leaf synsets, ``num_children == 0``).
 
 The same map also names the classes of the downsampled-ImageNet npz release, whose 1-based
-labels follow the same ILSVRC2012 id order.
+labels follow the same ILSVRC2012 id order; the release's map ships with this package
+(``data/imagenet_classes.txt``), so npz labels are named without a ``--class-map``.
+
+Label order (``label_space``): a source whose classes are all ImageNet-1k wnids is labelled by each
+wnid's index among the 1000 sorted wnids (the usual ImageNet class ids), whichever source and whichever
+subset of classes it holds; so the same image has the same ``cls`` from the JPEG tar, an ImageFolder or
+the npz release. Other sources are labelled by their sorted class names. ``--label-order release``
+keeps the npz release's own order (label = ILSVRC2012_ID - 1).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -29,6 +37,23 @@ from typing import Dict, List, Optional, Tuple
 from .errors import PreprocessError
 
 WNID = re.compile(r"^n\d{8}$")
+IMAGENET_CLASSES = Path(__file__).resolve().parent / "data" / "imagenet_classes.txt"  # map_clsloc.txt
+LABEL_ORDERS = ("wnid", "release")
+
+
+@functools.lru_cache(maxsize=None)
+def imagenet_class_map() -> Dict[int, str]:
+    """ILSVRC2012_ID (1..1000) -> wnid: the devkit's map, shipped with this package."""
+    return read_class_map(IMAGENET_CLASSES)
+
+
+def label_space(classes: List[str]) -> List[str]:
+    """The class list whose indices are the labels (see the module docstring): the 1000 sorted ImageNet
+    wnids when every class is one of them, else the sorted class names."""
+    imagenet = set(imagenet_class_map().values())
+    if classes and all(c in imagenet for c in classes):
+        return sorted(imagenet)
+    return sorted(classes)
 
 
 def read_class_map(path: Path) -> Dict[int, str]:

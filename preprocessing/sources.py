@@ -27,7 +27,7 @@ from typing import List
 from . import listing_cache
 from .arrays import NPZ_TRAIN, NPZ_VAL, is_cifar_dir, npz_files, open_cifar, open_npz
 from .errors import PreprocessError
-from .labels import WNID, read_val_labels
+from .labels import LABEL_ORDERS, WNID, label_space, read_val_labels
 from .source_types import FileReader, Item, OffsetReader, Source
 
 
@@ -40,30 +40,38 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def open_source(source, split: str, val_labels=None, class_map=None, cache_dir=None) -> Source:
-    """Detect the source kind and return its items; PreprocessError if unrecognised or empty.
-    With `cache_dir`, a tar source's listing is read from / saved to it (see listing_cache.py)."""
+def open_source(source, split: str, val_labels=None, class_map=None, cache_dir=None,
+                label_order: str = "wnid") -> Source:
+    """Detect the source kind and return its items, labelled in `label_order` (see labels.py);
+    PreprocessError if unrecognised or empty. With `cache_dir`, a tar source's listing is read from /
+    saved to it (see listing_cache.py)."""
     path = Path(source)
     if not path.exists():
         raise PreprocessError(f"source {path} does not exist")
+    if label_order not in LABEL_ORDERS:
+        raise PreprocessError(f"label order {label_order!r}: expected one of {', '.join(LABEL_ORDERS)}")
     if path.is_dir():
-        src = _open_dir(path, split, val_labels, class_map)
+        src = _open_dir(path, split, val_labels, class_map, label_order)
     elif path.is_file():
         cached = listing_cache.cache_path(cache_dir, path, split, val_labels, class_map) if cache_dir else None
         src = listing_cache.load(cached, path) if cached else None
         if src is None:
-            src = _open_file(path, split, val_labels, class_map)
+            src = _open_file(path, split, val_labels, class_map, label_order)
             if cached and src.items:
                 listing_cache.save(cached, src)
     else:
         raise PreprocessError(f"source {path} is neither a file nor a directory")
     if not src.items:
         raise PreprocessError(f"no images found in {path} (recognised as {src.kind})")
+    if label_order == "release" and src.kind != "downsampled-imagenet-npz":
+        raise PreprocessError(f"--label-order release is the npz release's own order; {path} is {src.kind}")
+    if label_order == "wnid":
+        src.classes = label_space(src.classes)
     src.items.sort(key=lambda it: (it.cls, it.source))
     return src
 
 
-def _open_dir(path: Path, split, val_labels, class_map) -> Source:
+def _open_dir(path: Path, split, val_labels, class_map, label_order) -> Source:
     if is_cifar_dir(path):
         return open_cifar(path, split)
     if any(NPZ_TRAIN.match(p.name) or NPZ_VAL.match(p.name) for p in path.iterdir() if p.is_file()):
@@ -71,7 +79,7 @@ def _open_dir(path: Path, split, val_labels, class_map) -> Source:
         if not files:
             want = "train_data_batch_N[.npz]" if split == "train" else "val_data[.npz]"
             raise PreprocessError(f"{path} holds a downsampled-ImageNet release but no {want} for split {split!r}")
-        return open_npz(files, class_map)
+        return open_npz(files, class_map, label_order)
     class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not _hidden(p.name))
     if class_dirs:
         return _open_image_folder(path, class_dirs)
@@ -118,11 +126,11 @@ def _labelled_flat(root, names, kind, source_of, val_labels, class_map, reader, 
     return Source(kind, classes, items, reader)
 
 
-def _open_file(path: Path, split, val_labels, class_map) -> Source:
+def _open_file(path: Path, split, val_labels, class_map, label_order) -> Source:
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic[:4] == b"PK\x03\x04":
-        return open_npz([path], class_map)
+        return open_npz([path], class_map, label_order)
     if magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic[:6] == b"\xfd7zXZ\x00":
         raise PreprocessError(f"{path} is a compressed tar: only uncompressed tars can be read in "
                               "place (random access); decompress it first")

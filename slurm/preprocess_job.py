@@ -34,7 +34,7 @@ class BuildTask(submitit.helpers.Checkpointable):
                                    shard_size=p.shard_size, resize=p.resize, seed=p.seed,
                                    val_labels=p.val_labels or None, class_map=p.class_map or None,
                                    num_tasks=p.num_tasks, task_id=task_id, overwrite=p.overwrite,
-                                   progress=False)
+                                   progress=False, label_order=p.label_order)
 
 
 class FinalizeTask:

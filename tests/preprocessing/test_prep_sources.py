@@ -10,10 +10,13 @@ from PIL import Image
 
 from preprocessing import PreprocessError, build, finalize, sources
 from preprocessing.arrays import safe_unpickle
+from preprocessing.labels import imagenet_class_map
 
 from helpers import encode, noise_image, output_bytes, read_samples, write
 
 WNIDS = ["n01440764", "n01443537", "n02119789"]
+IMAGENET_1K = sorted(imagenet_class_map().values())  # the label space of every source of ImageNet classes
+RELEASE = [imagenet_class_map()[i] for i in range(1, 1001)]  # the npz release's order
 
 
 def _reference(data: bytes, size: int) -> np.ndarray:
@@ -32,12 +35,12 @@ def imagenet_files():
 
 def _check_imagenet(out, files, split="train"):
     manifest, samples = read_samples(out, 16, split)
-    assert manifest["classes"] == WNIDS and manifest["num_samples"] == 12
+    assert manifest["classes"] == IMAGENET_1K and manifest["num_samples"] == 12
     assert not manifest["skipped"]
     for s in samples:
         wnid = s["json"]["class"]
         name = s["json"]["source"].rsplit("/", 1)[-1]
-        assert s["cls"] == WNIDS.index(wnid)
+        assert s["cls"] == IMAGENET_1K.index(wnid)
         assert s["key"] == name.split(".")[0]
         assert np.array_equal(s["pixels"], _reference(files[wnid][name], 16))
     return manifest, samples
@@ -143,7 +146,7 @@ def test_val_folder_or_tar_with_loc_csv(tmp_path, as_tar):
             write(src / name, data)
     build(src, "val", [16], tmp_path / "out", val_labels=csv_path, shard_size=4, progress=False)
     manifest = _check_val(tmp_path / "out", files, labels)
-    assert manifest["classes"] == WNIDS
+    assert manifest["classes"] == IMAGENET_1K
     assert manifest["source_kind"] == ("imagenet-val-tar" if as_tar else "imagenet-val-dir")
 
 
@@ -160,7 +163,7 @@ def test_val_with_devkit_ground_truth_and_text_map(tmp_path):
     id2wnid = {1: "n02119789", 2: "n01440764", 3: "n01443537"}
     labels = {f"ILSVRC2012_val_{i:08d}": id2wnid[v] for i, v in enumerate(ids, 1)}
     manifest = _check_val(tmp_path / "out", files, labels)
-    assert manifest["classes"] == sorted(id2wnid.values())
+    assert manifest["classes"] == IMAGENET_1K
 
 
 def test_devkit_meta_mat_found_next_to_ground_truth(tmp_path):
@@ -176,7 +179,7 @@ def test_devkit_meta_mat_found_next_to_ground_truth(tmp_path):
     scipy_io.savemat(tmp_path / "data" / "meta.mat", {"synsets": synsets})
     build(tmp_path / "val", "val", [16], tmp_path / "out", val_labels=gt, progress=False)
     manifest, samples = read_samples(tmp_path / "out", 16, "val")
-    assert manifest["classes"] == ["n01440764", "n02119789"]
+    assert manifest["classes"] == IMAGENET_1K
     assert {s["key"]: s["json"]["class"] for s in samples}["ILSVRC2012_val_00000002"] == "n01440764"
 
 
@@ -262,17 +265,45 @@ def test_downsampled_imagenet_npz(tmp_path, compressed):
     build(tmp_path, "train", [8, 16], tmp_path / "out", shard_size=5, progress=False)
     manifest, samples = read_samples(tmp_path / "out", 8, "train")
     assert manifest["num_samples"] == 12 and manifest["source_kind"] == "downsampled-imagenet-npz"
-    assert manifest["classes"] == sorted(f"{l:04d}" for l in set(np.concatenate([b[1] for b in batches]).tolist()))
+    assert manifest["classes"] == IMAGENET_1K  # labels named by the release's own map, shipped as data
     for s in samples:
         fname, row = s["json"]["source"].rstrip("]").split("[")
         data, labels = batches[int(fname.split("_")[-1].split(".")[0]) - 1]
         img = data[int(row)].reshape(3, 8, 8).transpose(1, 2, 0)       # channel-planar
         assert np.array_equal(s["pixels"], img)
-        assert manifest["classes"][s["cls"]] == f"{labels[int(row)]:04d}"
-    # a class map names the release's 1-based labels
+        assert s["json"]["class"] == RELEASE[labels[int(row)] - 1]
+        assert manifest["classes"][s["cls"]] == RELEASE[labels[int(row)] - 1]
+    # --label-order release keeps the release's own order: label = id - 1
+    build(tmp_path, "train", [8], tmp_path / "out_release", shard_size=5, progress=False, label_order="release")
+    mr, sr = read_samples(tmp_path / "out_release", 8, "train")
+    assert mr["classes"] == RELEASE and mr["params"]["label_order"] == "release"
+    assert sorted((s["key"], s["cls"] + 1) for s in sr) == sorted(
+        (s["key"], RELEASE.index(s["json"]["class"]) + 1) for s in samples)
+    # a class map of one's own names the release's 1-based labels
     cmap = write(tmp_path / "map.txt", b"n02119789 1\nn01440764 2\nn01443537 3\n")
     build(tmp_path / "val_data.npz", "val", [8], tmp_path / "out2", class_map=cmap, progress=False)
     m2, s2 = read_samples(tmp_path / "out2", 8, "val")
     names = ["n02119789", "n01440764", "n01443537"]
-    assert m2["classes"] == sorted({names[l - 1] for l in batches[0][1].tolist()})
-    assert all(m2["classes"][s["cls"]] == names[batches[0][1][int(s["json"]["source"][-2])] - 1] for s in s2)
+    assert m2["classes"] == IMAGENET_1K
+    assert all(s["json"]["class"] == names[batches[0][1][int(s["json"]["source"][-2])] - 1] for s in s2)
+    assert all(m2["classes"][s["cls"]] == s["json"]["class"] for s in s2)
+
+
+def test_npz_release_and_the_same_images_as_files_get_the_same_labels(tmp_path):
+    """Defect: the npz source labelled classes in the release's own order, so its `cls` differed from the
+    same images built from JPEG files (0 of 47 equal). Now every source labels ImageNet classes by sorted
+    wnid: same images, same labels, same pixels."""
+    rng = np.random.default_rng(7)
+    ids = rng.integers(1, 1001, 47)  # 47 images of release classes
+    data = rng.integers(0, 256, (47, 3 * 16 * 16), dtype=np.uint8)
+    np.savez(tmp_path / "val_data.npz", data=data, labels=ids)
+    for i, (row, label) in enumerate(zip(data, ids)):  # the same images as files in class folders
+        write(tmp_path / "folder" / RELEASE[label - 1] / f"val_{i:07d}.png",
+              encode(Image.fromarray(row.reshape(3, 16, 16).transpose(1, 2, 0)), "PNG"))
+    build(tmp_path / "val_data.npz", "val", [16], tmp_path / "from_npz", progress=False)
+    build(tmp_path / "folder", "val", [16], tmp_path / "from_files", progress=False)
+    (m1, s1), (m2, s2) = read_samples(tmp_path / "from_npz", 16, "val"), read_samples(tmp_path / "from_files", 16, "val")
+    assert m1["classes"] == m2["classes"] == IMAGENET_1K
+    by_image = {s["pixels"].tobytes(): s["cls"] for s in s2}
+    assert len(by_image) == 47
+    assert sum(by_image[s["pixels"].tobytes()] == s["cls"] for s in s1) == 47
