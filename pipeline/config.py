@@ -82,6 +82,8 @@ class TrainConfig:
     sample_every_eval: int = 16     # images in the sample grid logged at each evaluation (0: none)
     max_nonfinite_steps: int = 10   # consecutive non-finite losses before the run stops
     dist_timeout_s: int = 600       # collective timeout: a lost rank fails the job after this long
+    heartbeat_s: float = 2.0        # each rank's <run_dir>/ranks/ file is refreshed this often: names lost
+                                    # ranks and nodes (pipeline/heartbeat.py); 0: none
     device: str = "auto"            # auto | cpu | cuda
     compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
                                     # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
@@ -214,8 +216,10 @@ def experiment_path(name_or_path: str) -> Path:
     return p
 
 
-def load_config(exp: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
-    """Load an experiment YAML (name or path), apply `dotted.key=value` overrides, validate, return it."""
+def load_config(exp: str, overrides: Optional[List[str]] = None, check_paths: bool = True) -> ExperimentConfig:
+    """Load an experiment YAML (name or path), apply `dotted.key=value` overrides, validate, return it.
+    `check_paths=False` leaves the data paths unchecked (`check_data_paths`): a dry run on a login node
+    that does not see the data."""
     path = experiment_path(exp)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -243,12 +247,12 @@ def load_config(exp: str, overrides: Optional[List[str]] = None) -> ExperimentCo
         except OmegaConfBaseException as e:
             raise _explain(e, "override") from None
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
-    validate(cfg)
+    validate(cfg, check_paths=check_paths)
     return cfg
 
 
-def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
-    """Refuse impossible combinations, naming the keys involved."""
+def validate(cfg: ExperimentConfig, world_size: Optional[int] = None, check_paths: bool = True) -> None:
+    """Refuse impossible combinations, naming the keys involved (and missing data, unless not `check_paths`)."""
     if cfg.kind == "preprocess":  # no model is trained: only the preprocessing section matters
         validate_preprocess(cfg)
         return
@@ -268,6 +272,8 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
             raise ConfigError(f"'{key}' must be 0 or more, got {flat[key]}")
     if t.dist_timeout_s < 1:
         raise ConfigError(f"'train.dist_timeout_s' must be at least 1 second, got {t.dist_timeout_s}")
+    if t.heartbeat_s < 0:
+        raise ConfigError(f"'train.heartbeat_s' must be 0 (no heartbeats) or more, got {t.heartbeat_s}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"'optim.lr' must be positive, got {cfg.optim.lr}")
     ws = world_size or cfg.ranks()
@@ -282,7 +288,13 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
         # files that export and elastic resume read: they would get fp16-rounded weights.
         raise ConfigError("'train.precision' fp16 needs 'train.zero_stage' >= 1 (at ZeRO-0 the fp32 master "
                           "weights are not checkpointed where export reads them); ZeRO-1 costs nothing on one GPU")
-    if cfg.data.prepare == "none" and not Path(cfg.data.root).exists():
+    if check_paths:
+        check_data_paths(cfg)
+
+
+def check_data_paths(cfg: ExperimentConfig) -> None:
+    """Refuse a training experiment whose data is not there (and will not be generated)."""
+    if cfg.kind == "train" and cfg.data.prepare == "none" and not Path(cfg.data.root).exists():
         raise ConfigError(f"'data.root' does not exist: {cfg.data.root}")
 
 
