@@ -59,6 +59,10 @@ def test_a_killed_rank_is_named_with_its_node_and_the_others_are_not(tmp_path, m
     assert text.startswith("lost rank 3 on node node2 (its heartbeat stopped"), text
     assert "ranks 5, 6 never wrote a heartbeat in this launch" in text
     assert "rank 4 on node node3 failed: ShardError" in text
+    table = subprocess.run([sys.executable, "-m", "pipeline.heartbeat", str(tmp_path)], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert len(table) == 5 and table[2].startswith("rank    3  node node2") and " running " in table[2]
+    assert " failed " in table[3] and table[3].endswith("ShardError: bad shard train-000003.tar")
 
 
 def test_live_ranks_that_do_not_answer_are_named_as_stuck_not_lost(tmp_path, monkeypatch):
