@@ -164,7 +164,8 @@ def describe(v: Verdict) -> str:
         nodes = "node" if len(by_node) == 1 else "nodes"
         parts.append(f"lost {where} ({whose} stopped: killed, or the {nodes} went away)")
     if v.missing:
-        parts.append(f"{_ranks_text(v.missing)} never wrote a heartbeat in this launch")
+        parts.append(f"{_ranks_text(v.missing)} never wrote a heartbeat in this launch (lost before training "
+                     f"started, or the run folder is not on a filesystem every node sees)")
     for info in v.failed:
         parts.append(f"rank {info.rank} on node {info.node} failed: {info.error}")
     if not parts and v.alive:

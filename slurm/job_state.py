@@ -57,7 +57,7 @@ def head(state: str) -> str:
 class StateTracker:
     """The state of the jobs one `submit.py` follows, remembering the last state seen of each."""
 
-    def __init__(self, unseen_grace_s: float = 60.0, out=sys.stdout):
+    def __init__(self, unseen_grace_s: float = 60.0, out=None):
         self.last: Dict[str, str] = {}
         self.first_asked: Dict[str, float] = {}
         self.unseen_grace_s = unseen_grace_s
@@ -67,7 +67,7 @@ class StateTracker:
     def say_once(self, key: str, text: str) -> None:
         if key not in self._said:
             self._said.add(key)
-            print(f"[submit] {text}", file=self.out, flush=True)
+            print(f"[submit] {text}", file=self.out or sys.stdout, flush=True)
 
     def query(self, job_id: str) -> str:
         """The state now from sacct, else scontrol; '' when neither knows the job."""

@@ -197,7 +197,8 @@ def test_scontrol_requeue_reruns_checkpointable_job(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ nodes
 def _usable_nodes() -> list[str]:
     out = _run("sinfo", "-h", "-N", "-o", "%N %T").stdout.split("\n")
-    return sorted(n for n, state in (l.split() for l in out if l.strip()) if state in ("idle", "mixed"))
+    return sorted(n for n, state in (l.split() for l in out if l.strip())
+                  if state in ("idle", "mixed", "allocated", "completing"))
 
 
 def _hosts_outside_block() -> list[str]:
