@@ -108,6 +108,14 @@
 #   * kill -9 of slurmctld while a job runs loses the latest job state: on restart slurmctld relaunches the
 #     job, slurmd reports "Duplicate jobid", the node is DRAINED and the job "launch failed requeued held".
 #     `start` resumes the node; release the job with `scontrol release <id>`.
+#   * A slurmd of a node that is not in slurm.conf (e.g. `slurmd -N vm` left by the earlier single-node
+#     layout) that registers with slurmctld is taken for an alias of the first node with the same address:
+#     "_find_node_record: lookup failure for node vm, alias node1", and node1 goes INVAL ("Low socket*core*
+#     thread count"). `scontrol update state=resume` refuses INVAL; only a new registration of node1's own
+#     slurmd clears it (to DRAIN, then resumable). `start` stops such strays before slurmctld restarts and
+#     restarts the slurmd of a node it finds INVAL.
+#   * The tasks of a 2-node job see SLURMD_NODENAME=node1/node2 and SLURM_NODEID=0/1; `hostname` is the
+#     machine's in both. Every node advertises the machine's CPUs, so N nodes oversubscribe its cores N times.
 #   * Harmless log noise: slurmd "mpi/pmix ... can not load PMIx library" (MpiDefault=none), slurmdbd
 #     "Database settings not recommended values: innodb_buffer_pool_size" (wants GBs; 256M is plenty here).
 set -euo pipefail
