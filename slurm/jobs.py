@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from slurm.job_state import UNFINISHED, StateTracker, head  # noqa: F401  (UNFINISHED: part of this API)
+from slurm.job_state import StateTracker, head
 
 # One per process: submit.py follows the jobs it submitted.
 TRACKER = StateTracker()
