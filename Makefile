@@ -1,5 +1,5 @@
 # Quick start (README): `make smoke` runs the smoke experiment, `make test` runs the test suite.
-# Both install what they need first; `make test` also starts the local single-node SLURM cluster.
+# Both install what they need first; `make test` also starts the local 2-node SLURM cluster.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
@@ -14,7 +14,7 @@ smoke: install
 	$(PYTHON) slurm/submit.py --exp smoke --follow
 
 cluster:
-	bash slurm/local-cluster.sh start
+	bash slurm/local-cluster.sh start --nodes 2
 
 cluster-stop:
 	bash slurm/local-cluster.sh stop

@@ -77,6 +77,8 @@ class TrainConfig:
     sample_every_eval: int = 16     # images in the sample grid logged at each evaluation (0: none)
     max_nonfinite_steps: int = 10   # consecutive non-finite losses before the run stops
     dist_timeout_s: int = 600       # collective timeout: a lost rank fails the job after this long
+    heartbeat_s: float = 2.0        # each rank's <run_dir>/ranks/ file is refreshed this often: names lost
+                                    # ranks and nodes (pipeline/heartbeat.py); 0: none
     device: str = "auto"            # auto | cpu | cuda
     compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
                                     # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
@@ -265,6 +267,8 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
             raise ConfigError(f"'{key}' must be 0 or more, got {flat[key]}")
     if t.dist_timeout_s < 1:
         raise ConfigError(f"'train.dist_timeout_s' must be at least 1 second, got {t.dist_timeout_s}")
+    if t.heartbeat_s < 0:
+        raise ConfigError(f"'train.heartbeat_s' must be 0 (no heartbeats) or more, got {t.heartbeat_s}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"'optim.lr' must be positive, got {cfg.optim.lr}")
     ws = world_size or cfg.ranks()

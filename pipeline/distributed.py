@@ -7,6 +7,14 @@ import sys
 from dataclasses import dataclass
 from typing import Tuple
 
+# A SLURM job's rendezvous port: MASTER_PORT_BASE + job id % MASTER_PORT_SPAN, below Linux's ephemeral
+# range (32768+) so that no outgoing connection can hold it; slurm/executors.py exports the same.
+MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 10000
+
+
+def master_port(job_id: int) -> int:
+    return MASTER_PORT_BASE + job_id % MASTER_PORT_SPAN
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -30,7 +38,7 @@ def dist_env() -> DistEnv:
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         job = int(env.get("SLURM_JOB_ID", "0"))
         return DistEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]),
-                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 20000 + job % 20000)))
+                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", master_port(job))))
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 29500)))
 
 

@@ -28,6 +28,7 @@ from pipeline.distributed import agree, dist_env, init_distributed, resolve_devi
 from pipeline.ds_config import deepspeed_config, gradient_accumulation
 from pipeline.evaluate import evaluate_bits_per_dim
 from pipeline.fsutil import atomic_write_text
+from pipeline.heartbeat import Heartbeat, describe, find_lost
 from pipeline.sample import save_grid
 from pipeline.tracking import Tracker, git_commit
 
@@ -83,39 +84,63 @@ _COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed|refused)|b
                                  r"socket timeout|DistBackendError|DistNetworkError", re.I)
 
 
-def _lost_rank_error(err: BaseException, env, timeout_s: int) -> Optional[LostRankError]:
-    """The same failure, saying which rank was lost (exact for two ranks: the other one)."""
+def _is_collective_failure(err: BaseException) -> bool:
     from pipeline.checkpoint import CheckpointError
     from pipeline.data import ShardError
-    if isinstance(err, (ShardError, CheckpointError, NonFiniteLossError, LostRankError)) or env.world_size < 2:
-        return None
-    if not (isinstance(err, getattr(dist, "DistError", ())) or _COLLECTIVE_FAILURE.search(str(err))):
+    if isinstance(err, (ShardError, CheckpointError, NonFiniteLossError, LostRankError)):
+        return False
+    return isinstance(err, getattr(dist, "DistError", ())) or bool(_COLLECTIVE_FAILURE.search(str(err)))
+
+
+def _lost_rank_error(err: BaseException, env, timeout_s: int,
+                     heartbeat: Optional[Heartbeat] = None) -> Optional[LostRankError]:
+    """The same failure, naming the lost rank(s) and their node(s) from the heartbeats (pipeline/heartbeat.py);
+    without heartbeats, exact for two ranks only (the other one)."""
+    if env.world_size < 2 or not _is_collective_failure(err):
         return None
     others = [r for r in range(env.world_size) if r != env.rank]
-    lost = (f"lost rank {others[0]}" if len(others) == 1 else
-            f"lost one of ranks {others} (the launcher's report names which: torchrun's 'Root Cause', "
-            f"SLURM's task exit)")
+    lost = ""
+    if heartbeat is not None and heartbeat.started:
+        heartbeat.end("peer-lost", f"a collective operation failed: {type(err).__name__}")
+        lost = describe(find_lost(heartbeat.path.parent, env.world_size, env.rank, heartbeat.info.launch,
+                                  window_s=2.5 * heartbeat.interval_s))
+    if not lost:  # no heartbeats (train.heartbeat_s=0, or lost before they started)
+        lost = (f"lost rank {others[0]}" if len(others) == 1 else
+                f"lost one of ranks {others} (the launcher's report names which: torchrun's 'Root Cause', "
+                f"SLURM's task exit)")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return LostRankError(f"rank {env.rank} of {env.world_size}: a collective operation failed: {lost} "
-                         f"(it died or did not answer within train.dist_timeout_s={timeout_s} s): "
-                         f"{type(err).__name__}: {first[:500]}; resume from the last checkpoint by "
-                         f"starting the job again")
+                         f"(a peer that dies breaks the connection at once; a silent one fails it after "
+                         f"train.dist_timeout_s={timeout_s} s): {type(err).__name__}: {first[:500]}; resume "
+                         f"from the last checkpoint by starting the job again")
 
 
 def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, Any]:
     """Run (or resume) the experiment on this rank. Returns the final summary (same on every rank).
-    A rank lost mid-run fails the others within train.dist_timeout_s with a LostRankError naming it."""
+    A rank lost mid-run fails the others within train.dist_timeout_s (plus a few heartbeats) with a
+    LostRankError naming the lost rank(s) and node(s)."""
+    env = dist_env()
+    heartbeat = Heartbeat(cfg.run_dir / "ranks", env.rank, cfg.train.heartbeat_s)
     try:
-        return _train(cfg, stop)
+        summary = _train(cfg, stop, heartbeat)
+    except StopRequested:
+        heartbeat.end("stopped")
+        raise
     except RuntimeError as e:
-        lost = _lost_rank_error(e, dist_env(), cfg.train.dist_timeout_s)
+        lost = _lost_rank_error(e, env, cfg.train.dist_timeout_s, heartbeat)
         if lost is None:
+            heartbeat.end("failed", f"{type(e).__name__}: {str(e).strip()[:300]}")
             raise
         log.error("%s", lost)
         raise lost from e
+    except BaseException as e:
+        heartbeat.end("failed", f"{type(e).__name__}: {str(e).strip()[:300]}")
+        raise
+    heartbeat.end("done")
+    return summary
 
 
-def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, Any]:
+def _train(cfg: ExperimentConfig, stop: Optional[StopFlag], heartbeat: Heartbeat) -> Dict[str, Any]:
     env = dist_env()
     # One progress log per job: rank 0 says INFO, the others only warnings and errors.
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
@@ -134,6 +159,10 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
     val_set = load_shard_set(cfg.data.root, size, cfg.data.val_split)
     stream = TrainStream(train_set, cfg.train.micro_batch_size, cfg.train.seed, env.rank, env.world_size,
                          cfg.data.num_workers, cfg.data.shuffle_buffer, cfg.data.on_corrupt)
+    if env.world_size > 1 and cfg.train.heartbeat_s > 0:  # one rank has no peer to lose
+        heartbeat.start()
+        log.info("rank %d of %d on node %s (pid %d); rendezvous %s:%d", env.rank, env.world_size,
+                 heartbeat.info.node, heartbeat.info.pid, env.master_addr, env.master_port)
 
     # Resume is one call's worth of decisions: which checkpoint, and whether the world size changed.
     mcfg = model_config(cfg)
@@ -232,6 +261,7 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, 
                 loss_sum += loss_total / env.world_size
                 done += 1
             step += 1
+            heartbeat.set_step(step)
             train_bpd = loss_sum / accum
             imgs_last += cfg.train.global_batch_size
             step_s = time.time() - t0

@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.distributed import MASTER_PORT_BASE, MASTER_PORT_SPAN
+
+# The job's rendezvous, exported by the sbatch script itself (before srun starts the tasks, which inherit
+# it), so that `--dry-run` shows exactly what every task uses: the first node of the allocation, and a port
+# derived from the job id (the same on every node and across requeues; pipeline.distributed.master_port
+# computes the same when a task is started without it). SLURM_JOB_ID is SLURM's, never user input.
+RENDEZVOUS_SETUP = [
+    'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+    f'export MASTER_PORT="$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % {MASTER_PORT_SPAN} ))"',
+]
 
 
 def slurm_available() -> bool:
@@ -62,7 +72,8 @@ def make_executor(cfg: ExperimentConfig, local: bool, folder: Path):
                              gpus_per_node=s.gpus_per_node * s.nodes if s.gpus_per_node else 0)
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_num_timeout)
-    ex.update_parameters(**slurm_parameters(cfg, nodes=s.nodes, tasks=tasks, gpus_per_node=s.gpus_per_node))
+    ex.update_parameters(**slurm_parameters(cfg, nodes=s.nodes, tasks=tasks, gpus_per_node=s.gpus_per_node),
+                         slurm_setup=list(RENDEZVOUS_SETUP))
     return ex
 
 

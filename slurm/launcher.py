@@ -69,8 +69,14 @@ class Trainer(submitit.helpers.Checkpointable):
         if "OMP_NUM_THREADS" in os.environ:
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         dist_env = submitit.helpers.TorchDistributedEnvironment()
-        # DeepSpeed picks the GPU by LOCAL_RANK itself: leave CUDA_VISIBLE_DEVICES alone.
+        # On SLURM the sbatch script exported the rendezvous (first node of the job, port from the job id:
+        # slurm/executors.py RENDEZVOUS_SETUP) and every task uses exactly that; submitit's own values
+        # (the same node, a port it derives) only for the local executor, which runs no sbatch script
+        # (and where a MASTER_ADDR left in the submitting shell must not count).
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and os.environ.get("MASTER_ADDR"):
+            dist_env.master_addr = os.environ["MASTER_ADDR"]
         os.environ.setdefault("MASTER_PORT", str(dist_env.master_port))
+        # DeepSpeed picks the GPU by LOCAL_RANK itself: leave CUDA_VISIBLE_DEVICES alone.
         dist_env.export(set_cuda_visible_devices=False, overwrite=True)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         stop = StopFlag().install()

@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# slurm/local-cluster.sh -- a REAL single-node SLURM cluster on 127.0.0.1, started by hand (no systemd).
+# slurm/local-cluster.sh -- a REAL SLURM cluster of N nodes on one machine, on 127.0.0.1, started by hand (no systemd).
 #
-#   sudo slurm/local-cluster.sh start    # install if needed, configure, start, wait until the node is idle
-#   sudo slurm/local-cluster.sh status   # scontrol ping + sinfo; exit 0 only if controller up and node usable
-#   sudo slurm/local-cluster.sh stop     # stop slurmd, slurmctld, slurmdbd, mariadb (and munged if we started it)
+#   sudo slurm/local-cluster.sh start [--nodes N]  # install if needed, configure, start, wait until every node is idle
+#   sudo slurm/local-cluster.sh status             # exit 0 only if the controller is up and every node usable
+#   sudo slurm/local-cluster.sh stop               # stop every slurmd, slurmctld, slurmdbd, mariadb (and munged if ours)
+#
+# Nodes are always named node1..nodeN (also for N=1), whatever this machine's hostname: one slurmctld and
+# slurmdbd, and N slurmd daemons, each started as `slurmd -N nodeI` with its own Port, spool folder, log and
+# pid file. `start` without --nodes keeps the node count of the cluster configured now (1 on a fresh machine),
+# so a bare `start` never tears down a bigger cluster that someone started; `start --nodes M` reconfigures.
 #
 # Everything is idempotent: `start` on a running, unchanged cluster only verifies it (well under a second),
-# `start` after a crash/reboot starts only what is missing, and `start` after a config change (other host,
-# other memory size, new version of this script) restarts only the daemons whose config changed.
-# Running jobs survive a slurmctld/slurmd restart (slurmstepd keeps them alive).
+# `start` after a crash/reboot starts only what is missing, and `start` after a config change (other node
+# count, other host, other memory size, new version of this script) restarts only the daemons whose config
+# changed, stops the slurmd daemons of nodes no longer configured (also the single `hostname -s` node of
+# this script's earlier layout), and leaves slurmctld's saved state of vanished nodes to slurmctld (it logs
+# "Node ... vanished from configuration" and forgets them). Running jobs survive a slurmctld/slurmd restart
+# (slurmstepd keeps them alive); jobs on a node that is removed are killed.
 #
 # Layout
 #   /etc/slurm/slurm.conf, /etc/slurm/slurmdbd.conf, /etc/slurm/cgroup.conf   generated, carry a "managed" marker
 #       (clients such as sbatch/sacct, and hence submitit, only look at /etc/slurm/slurm.conf; we refuse to
 #        overwrite a slurm.conf that we did not write unless PIXELRNN_SLURM_FORCE=1)
-#   /var/lib/pixelrnn-slurm/{slurmctld,slurmd,mariadb,run}   controller state, slurmd spool, DB datadir, pid files
-#   /var/log/pixelrnn-slurm/*.log                            one log per daemon
+#   /etc/hosts          one marked block "127.0.0.1 node1 ... nodeN" (see "Node names" below); no other line
+#                       is touched; the block is removed by `stop`
+#   /var/lib/pixelrnn-slurm/{slurmctld,slurmd/<node>,mariadb,run}   controller state, per-node slurmd spool,
+#                                                                    DB datadir, pid files (slurmd-<node>.pid)
+#   /var/log/pixelrnn-slurm/*.log                            one log per daemon (slurmd-<node>.log per node)
 #   Env overrides: PIXELRNN_SLURM_STATE, PIXELRNN_SLURM_LOGS, PIXELRNN_SLURM_DB_PORT (13306),
-#                  PIXELRNN_SLURM_START_TIMEOUT (60, seconds to wait for the node).
+#                  PIXELRNN_SLURM_SLURMD_PORT (6820: nodeI's slurmd listens on 6820+I),
+#                  PIXELRNN_SLURM_START_TIMEOUT (60, seconds to wait for the nodes).
 #
 # Settings that matter, and why
 #   * Accounting through slurmdbd + MariaDB (AccountingStorageType=accounting_storage/slurmdbd).
@@ -39,13 +51,25 @@
 #     SlurmctldTimeout=10 / SlurmdTimeout=30 (short, but not so short that a loaded 2-core box flaps).
 #   * ProctrackType=proctrack/linuxproc, TaskPlugin=task/none, JobAcctGatherType=jobacct_gather/none,
 #     cgroup.conf with IgnoreSystemd: no cgroups, no systemd -- works in containers/sandboxes.
-#   * The node is described with the output of `slurmd -C` (real CPU count and RealMemory; if we claimed
-#     more than the box has, slurmctld would drain the node as "Low RealMemory"/"Low CPUs").
-#     NodeName = `hostname -s` (what slurmctld/slurmd expect), NodeAddr=127.0.0.1, slurmd started with -N.
+#   * Several slurmd on one host (Slurm's "multiple slurmd" mode, built into Debian's slurmd): every node is
+#     NodeName=nodeI NodeAddr=127.0.0.1 NodeHostname=`hostname -s` Port=6820+I, started with `slurmd -N nodeI`;
+#     SlurmdSpoolDir, SlurmdLogFile and SlurmdPidFile contain %n (the node name), so the daemons never share
+#     a spool (job scripts, credentials), log or pid file. Each node is described with the output of
+#     `slurmd -C` (real CPU count and RealMemory; if we claimed more than the box has, slurmctld would drain
+#     the node as "Low RealMemory"/"Low CPUs"): N nodes on a 2-core box advertise 2N CPUs in all, which is
+#     what lets a 2-node x 2-task job run here; the cores are shared (see OverSubscribe below).
+#   * Node names: SLURM_JOB_NODELIST and `scontrol show hostnames` give node names, and a multi-node job's
+#     rendezvous address (MASTER_ADDR) is the first of them, so node1..nodeN must resolve. They resolve to
+#     127.0.0.1 through one marked block at the end of /etc/hosts (replaced atomically by rename; rewritten
+#     in place only where /etc/hosts is a mount point, as in Docker). The machine's own hostname keeps
+#     whatever line it had; `start` checks afterwards that every node name resolves to 127.0.0.1 and stops
+#     with an error if an earlier line (or DNS) maps one elsewhere.
 #   * SelectType=select/cons_tres with CR_Core (memory is not consumable, so a job without --mem does not
 #     block the whole node) and partition `debug` Default=YES MaxTime=INFINITE OverSubscribe=FORCE:4 so
 #     that several small jobs (e.g. two 2-task test jobs on a 2-core box) run side by side instead of queueing
 #     for each other. PreemptMode=OFF, so oversubscribed jobs simply share the cores (no gang scheduling).
+#     LLN=YES (least loaded node) on the partition: a job goes to the node with the most idle CPUs, so the
+#     tasks of a job array (and concurrent small jobs) spread over the nodes instead of filling node1 first.
 #   * MaxJobCount=10000, MinJobAge=300, JobCompType=jobcomp/none, SlurmUser=root (no extra user/permissions),
 #     MailProg=/bin/true (no mailer installed).
 #   * All daemons talk over 127.0.0.1 (SlurmctldHost=<host>(127.0.0.1), NodeAddr, AccountingStorageHost,
@@ -84,6 +108,14 @@
 #   * kill -9 of slurmctld while a job runs loses the latest job state: on restart slurmctld relaunches the
 #     job, slurmd reports "Duplicate jobid", the node is DRAINED and the job "launch failed requeued held".
 #     `start` resumes the node; release the job with `scontrol release <id>`.
+#   * A slurmd of a node that is not in slurm.conf (e.g. `slurmd -N vm` left by the earlier single-node
+#     layout) that registers with slurmctld is taken for an alias of the first node with the same address:
+#     "_find_node_record: lookup failure for node vm, alias node1", and node1 goes INVAL ("Low socket*core*
+#     thread count"). `scontrol update state=resume` refuses INVAL; only a new registration of node1's own
+#     slurmd clears it (to DRAIN, then resumable). `start` stops such strays before slurmctld restarts and
+#     restarts the slurmd of a node it finds INVAL.
+#   * The tasks of a 2-node job see SLURMD_NODENAME=node1/node2 and SLURM_NODEID=0/1; `hostname` is the
+#     machine's in both. Every node advertises the machine's CPUs, so N nodes oversubscribe its cores N times.
 #   * Harmless log noise: slurmd "mpi/pmix ... can not load PMIx library" (MpiDefault=none), slurmdbd
 #     "Database settings not recommended values: innodb_buffer_pool_size" (wants GBs; 256M is plenty here).
 set -euo pipefail
@@ -94,6 +126,8 @@ STATE_DIR=${PIXELRNN_SLURM_STATE:-/var/lib/pixelrnn-slurm}
 LOG_DIR=${PIXELRNN_SLURM_LOGS:-/var/log/pixelrnn-slurm}
 DB_PORT=${PIXELRNN_SLURM_DB_PORT:-13306}
 START_TIMEOUT=${PIXELRNN_SLURM_START_TIMEOUT:-60}
+SLURMD_PORT_BASE=${PIXELRNN_SLURM_SLURMD_PORT:-6820}
+MAX_NODES=16
 CONF_DIR=/etc/slurm
 SLURM_CONF_FILE=$CONF_DIR/slurm.conf
 SLURMDBD_CONF_FILE=$CONF_DIR/slurmdbd.conf
@@ -109,6 +143,10 @@ FIRST_JOB_ID_FILE=$STATE_DIR/first_job_id
 MUNGE_KEY=/etc/munge/munge.key
 MUNGE_OURS=$RUN_DIR/munged.ours
 MARKER="# Managed by pixelrnn slurm/local-cluster.sh -- regenerated on every start, edits are overwritten."
+HOSTS_FILE=/etc/hosts
+HOSTS_BEGIN="# BEGIN pixelrnn slurm/local-cluster.sh: the local cluster's node names (regenerated by start, removed by stop)"
+HOSTS_END="# END pixelrnn slurm/local-cluster.sh"
+NODES=0  # node count: set by `start --nodes N`, else the configured one (configured_nodes)
 APT_PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 
 export SLURM_CONF=$SLURM_CONF_FILE
@@ -131,7 +169,20 @@ die() {
 }
 
 # ---------------------------------------------------------------------------------------------- helpers
-nodename() { hostname -s; }
+# The controller's host name (what slurmctld compares SlurmctldHost with); the nodes are node1..nodeN.
+ctld_host() { hostname -s; }
+node_names() {
+    local i
+    for ((i = 1; i <= NODES; i++)); do echo "node$i"; done
+}
+node_port() { echo $((SLURMD_PORT_BASE + ${1#node})); }
+node_list() { node_names | paste -sd, -; }  # node1,node2,...: a hostlist Slurm accepts
+
+# Nodes in our managed slurm.conf (0 if there is none, or it is this script's earlier single-node layout).
+configured_nodes() {
+    [[ -f $SLURM_CONF_FILE ]] && grep -qF "$MARKER" "$SLURM_CONF_FILE" || { echo 0; return; }
+    grep -cE '^NodeName=node[0-9]+ ' "$SLURM_CONF_FILE" || true
+}
 
 # pid from a pid file, if that process is alive and really is $1
 pid_from_file() {
@@ -275,13 +326,21 @@ comm_params_line() {
     fi
 }
 
+# One line per node: nodeI's slurmd listens on its own port; all of them run on this host.
+render_node_lines() {
+    local host=$1 hw=$2 node
+    for node in $(node_names); do
+        echo "NodeName=$node NodeAddr=127.0.0.1 NodeHostname=$host Port=$(node_port "$node") $hw State=UNKNOWN"
+    done
+}
+
 render_slurm_conf() {
-    local node=$1 hw=$2
+    local host=$1 hw=$2
     cat <<EOF
 $MARKER
 # Why these settings: see the comment block at the top of slurm/local-cluster.sh
 ClusterName=$CLUSTER_NAME
-SlurmctldHost=$node(127.0.0.1)
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort=6817
@@ -317,25 +376,25 @@ FirstJobId=$(first_job_id)
 Waittime=0
 MailProg=/bin/true
 StateSaveLocation=$CTLD_STATE
-SlurmdSpoolDir=$SLURMD_SPOOL
+SlurmdSpoolDir=$SLURMD_SPOOL/%n
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-NodeName=$node NodeAddr=127.0.0.1 NodeHostname=$node $hw State=UNKNOWN
-PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+$(render_node_lines "$host" "$hw")
+PartitionName=$PARTITION Nodes=$(node_list) Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4 LLN=YES
 EOF
 }
 
 render_slurmdbd_conf() {
-    local node=$1 pass=$2
+    local host=$1 pass=$2
     cat <<EOF
 $MARKER
 AuthType=auth/munge
 DbdAddr=127.0.0.1
-DbdHost=$node
+DbdHost=$host
 DbdPort=6819
 $(comm_params_line NoInAddrAny)
 SlurmUser=root
@@ -381,8 +440,8 @@ continue_job_ids_after_db() {
 SLURM_CONF_CHANGED=0
 SLURMDBD_CONF_CHANGED=0
 write_configs() {
-    local node hw pass
-    node=$(nodename)
+    local host hw pass
+    host=$(ctld_host)
     # "NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105"
     hw=$(slurmd -C 2>/dev/null | sed -n 's/^NodeName=[^ ]* //p' | head -n1)
     [[ $hw == *CPUs=* && $hw == *RealMemory=* ]] || die "could not read the node hardware with 'slurmd -C'"
@@ -396,14 +455,54 @@ write_configs() {
     fi
     pass=$(<"$DB_PASS_FILE")
     mkdir -p "$CONF_DIR"
-    if write_if_changed "$SLURM_CONF_FILE" 644 "$(render_slurm_conf "$node" "$hw")"; then SLURM_CONF_CHANGED=1; fi
+    if write_if_changed "$SLURM_CONF_FILE" 644 "$(render_slurm_conf "$host" "$hw")"; then SLURM_CONF_CHANGED=1; fi
     if write_if_changed "$CGROUP_CONF_FILE" 644 "$(render_cgroup_conf)"; then SLURM_CONF_CHANGED=1; fi
-    if write_if_changed "$SLURMDBD_CONF_FILE" 600 "$(render_slurmdbd_conf "$node" "$pass")"; then SLURMDBD_CONF_CHANGED=1; fi
+    if write_if_changed "$SLURMDBD_CONF_FILE" 600 "$(render_slurmdbd_conf "$host" "$pass")"; then SLURMDBD_CONF_CHANGED=1; fi
     chown root:root "$SLURMDBD_CONF_FILE"
 }
 
 make_dirs() {
     install -d -m 755 "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$CTLD_STATE" "$SLURMD_SPOOL"
+}
+
+# ---------------------------------------------------------------------------------------------- node names
+# /etc/hosts without our block: every other line exactly as it is
+hosts_without_block() {
+    awk -v b="$HOSTS_BEGIN" -v e="$HOSTS_END" '$0 == b { skip = 1; next } $0 == e { skip = 0; next } !skip' "$HOSTS_FILE"
+}
+
+# write_hosts <content>: replace /etc/hosts atomically (a rename in /etc) with the same owner and mode;
+# where /etc/hosts is a mount point (Docker bind-mounts it) a rename is refused: rewrite it in place.
+write_hosts() {
+    local content=$1 tmp
+    [[ "$(cat "$HOSTS_FILE")" == "$content" ]] && return 0
+    tmp=$(mktemp "$HOSTS_FILE.pixelrnn.XXXXXX")
+    printf '%s\n' "$content" >"$tmp"
+    chmod --reference="$HOSTS_FILE" "$tmp"
+    chown --reference="$HOSTS_FILE" "$tmp"
+    if ! mv -f "$tmp" "$HOSTS_FILE" 2>/dev/null; then
+        log "$HOSTS_FILE cannot be replaced by a rename (a mount point?): rewriting it in place"
+        cat "$tmp" >"$HOSTS_FILE"
+        rm -f "$tmp"
+    fi
+}
+
+# The node names resolve to 127.0.0.1 (the first address an earlier line or DNS gives wins: check it).
+ensure_node_names() {
+    local others block node addr
+    others=$(hosts_without_block)
+    block="$HOSTS_BEGIN"$'\n'"127.0.0.1 $(node_names | paste -sd' ' -)"$'\n'"$HOSTS_END"
+    write_hosts "${others:+$others$'\n'}$block"
+    for node in $(node_names); do
+        addr=$(getent ahostsv4 "$node" 2>/dev/null | awk 'NR == 1 { print $1 }')
+        [[ $addr == 127.0.0.1 ]] || die "node name $node resolves to '${addr:-nothing}', not 127.0.0.1: another line of $HOSTS_FILE (or DNS) names it; remove that line"
+    done
+}
+
+remove_node_names() {
+    grep -qxF "$HOSTS_BEGIN" "$HOSTS_FILE" 2>/dev/null || return 0
+    write_hosts "$(hosts_without_block)"
+    log "removed the node names from $HOSTS_FILE"
 }
 
 # ---------------------------------------------------------------------------------------------- munge
@@ -522,52 +621,132 @@ start_slurmctld() {
     wait_until 30 ctld_alive || die "slurmctld did not answer 'scontrol ping'" "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.stdout"
 }
 
-start_slurmd() {
-    if ((SLURM_CONF_CHANGED)) && slurm_daemon_pid slurmd >/dev/null; then
-        log "slurm.conf changed: restarting slurmd"
-        stop_slurm_daemon slurmd
-    fi
-    if ! slurm_daemon_pid slurmd >/dev/null; then
-        log "starting slurmd"
-        spawn "$LOG_DIR/slurmd.stdout" slurmd -N "$(nodename)"
-    fi
+# The node a running slurmd serves: the argument of its -N ("" for a slurmd started without one).
+slurmd_node_of() {
+    local -a argv
+    local i
+    mapfile -d '' -t argv <"/proc/$1/cmdline" 2>/dev/null || return 0
+    for ((i = 0; i + 1 < ${#argv[@]}; i++)); do
+        [[ ${argv[i]} == -N ]] && { echo "${argv[i + 1]}"; return 0; }
+    done
 }
 
-node_state() { sinfo -h -N -n "$(nodename)" -o %T 2>/dev/null | head -n1; }
-node_reason() { sinfo -h -N -n "$(nodename)" -o %E 2>/dev/null | head -n1; }
-node_usable() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
+# pid of node $1's slurmd: its pid file, else a slurmd process started with "-N $1"
+slurmd_pid() {
+    local node=$1 pid
+    pid_from_file slurmd "$RUN_DIR/slurmd-$node.pid" && return 0
+    for pid in $(pgrep -x slurmd); do
+        [[ "$(slurmd_node_of "$pid")" == "$node" ]] && { echo "$pid"; return 0; }
+    done
+    return 1
+}
 
-wait_for_node() {
-    local node deadline=$((SECONDS + START_TIMEOUT)) state last_resume=-100
-    node=$(nodename)
+stop_slurmd() {
+    local node=$1 pid
+    while pid=$(slurmd_pid "$node"); do
+        stop_pid "slurmd $node" "$pid" 20
+        sleep 0.2
+    done
+    rm -f "$RUN_DIR/slurmd-$node.pid"
+}
+
+# slurmd daemons of nodes that are not configured (any more): a smaller --nodes, or the single
+# `hostname -s` node of this script's earlier layout (a slurmd with another -N, or none). A slurmd forks
+# short-lived helpers (their parent is a slurmd, their cmdline may already be gone): those are no daemons.
+stray_slurmd_pids() {
+    local pid node ppid
+    for pid in $(pgrep -x slurmd); do
+        ppid=$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ') || continue
+        [[ -n $ppid && "$(cat "/proc/$ppid/comm" 2>/dev/null)" != slurmd ]] || continue
+        [[ -n "$(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null)" ]] || continue  # exiting
+        node=$(slurmd_node_of "$pid")
+        [[ -n $node ]] && node_names | grep -qxF "$node" || echo "$pid"
+    done
+}
+
+stop_stray_slurmds() {
+    local pid
+    for pid in $(stray_slurmd_pids); do
+        stop_pid "slurmd $(slurmd_node_of "$pid") (not configured)" "$pid" 20
+    done
+    # the earlier single-node layout's pid file and spool (the per-node spools are folders below it)
+    rm -f "$RUN_DIR/slurmd.pid"
+    find "$SLURMD_SPOOL" -maxdepth 1 -type f -delete
+}
+
+start_slurmd() {
+    install -d -m 755 "$SLURMD_SPOOL/$1"
+    log "starting slurmd $1 (port $(node_port "$1"))"
+    spawn "$LOG_DIR/slurmd-$1.stdout" slurmd -N "$1"
+}
+
+start_slurmds() {
+    local node
+    for node in $(node_names); do
+        if ((SLURM_CONF_CHANGED)) && slurmd_pid "$node" >/dev/null; then
+            log "slurm.conf changed: restarting slurmd $node"
+            stop_slurmd "$node"
+        fi
+        slurmd_pid "$node" >/dev/null || start_slurmd "$node"
+    done
+}
+
+node_state() { sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n1; }
+node_reason() { sinfo -h -N -n "$1" -o %E 2>/dev/null | head -n1; }
+node_usable() { [[ $(node_state "$1") =~ ^(idle|mixed|allocated|completing)$ ]]; }
+all_nodes_usable() {
+    local node
+    for node in $(node_names); do node_usable "$node" || return 1; done
+}
+
+wait_for_nodes() {
+    local node deadline=$((SECONDS + START_TIMEOUT)) state waiting
+    local -A last_resume=() last_restart=()
     while true; do
-        state=$(node_state)
-        if [[ $state =~ ^(idle|mixed|allocated|completing)$ ]]; then
-            return 0
-        fi
-        # a node left DOWN/DRAIN by an earlier run: resume it once slurmd answers (no '*' = responding)
-        if [[ $state =~ ^(down|drain|drained|draining|fail|failing)$ ]] && ((SECONDS - last_resume >= 5)); then
-            log "node $node is $state (reason: $(node_reason)); resuming it"
-            scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
-            last_resume=$SECONDS
-        fi
-        if ! slurm_daemon_pid slurmd >/dev/null; then
-            die "slurmd is not running (node state: ${state:-unknown})" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.stdout"
-        fi
+        waiting=()
+        for node in $(node_names); do
+            state=$(node_state "$node")
+            [[ $state =~ ^(idle|mixed|allocated|completing)$ ]] && continue
+            waiting+=("$node=${state:-unknown}")
+            # a node left DOWN/DRAIN by an earlier run: resume it once slurmd answers (no '*' = responding)
+            if [[ $state =~ ^(down|drain|drained|draining|fail|failing)$ ]] && ((SECONDS - ${last_resume[$node]:--100} >= 5)); then
+                log "node $node is $state (reason: $(node_reason "$node")); resuming it"
+                scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+                last_resume[$node]=$SECONDS
+            fi
+            # INVAL: a registration with the wrong hardware reached this node (e.g. an old slurmd of another
+            # name, seen as this node's alias); only a new registration clears it (then DRAIN, resumed above)
+            if [[ $state == inval ]] && ((SECONDS - ${last_restart[$node]:--100} >= 10)); then
+                log "node $node is inval (reason: $(node_reason "$node")); restarting its slurmd"
+                stop_slurmd "$node"
+                start_slurmd "$node"
+                last_restart[$node]=$SECONDS
+            fi
+            if ! slurmd_pid "$node" >/dev/null; then
+                die "slurmd $node is not running (node state: ${state:-unknown})" "$LOG_DIR/slurmd-$node.log" \
+                    "$LOG_DIR/slurmd-$node.stdout"
+            fi
+        done
+        ((${#waiting[@]} == 0)) && return 0
         if ((SECONDS >= deadline)); then
             sinfo -N -l >&2 || true
-            die "node $node not idle after ${START_TIMEOUT}s (state: ${state:-unknown}, reason: $(node_reason))" \
-                "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmctld.log"
+            node=${waiting[0]%%=*}
+            die "not every node is idle after ${START_TIMEOUT}s (${waiting[*]}; $node: $(node_reason "$node"))" \
+                "$LOG_DIR/slurmd-$node.log" "$LOG_DIR/slurmctld.log"
         fi
         sleep 0.5
     done
 }
 
+nodes_summary() { sinfo -h -N -p "$PARTITION" -o '%N %T' 2>/dev/null | paste -sd, - | sed 's/,/, /g'; }
+
 # ---------------------------------------------------------------------------------------------- commands
 all_running() {
+    local node
     munge_works && pid_from_file mariadbd "$DB_PID" >/dev/null &&
-        slurm_daemon_pid slurmdbd >/dev/null && slurm_daemon_pid slurmctld >/dev/null &&
-        slurm_daemon_pid slurmd >/dev/null
+        slurm_daemon_pid slurmdbd >/dev/null && slurm_daemon_pid slurmctld >/dev/null || return 1
+    for node in $(node_names); do slurmd_pid "$node" >/dev/null || return 1; done
+    [[ -z $(stray_slurmd_pids) ]]
 }
 
 take_lock() {
@@ -579,31 +758,40 @@ cmd_start() {
     local t0=$SECONDS
     make_dirs
     take_lock
+    ((NODES > 0)) || NODES=$(configured_nodes)
+    ((NODES > 0)) || NODES=1
     ensure_packages
     check_conf_ownership
+    ensure_node_names
     write_configs
-    if ((!SLURM_CONF_CHANGED && !SLURMDBD_CONF_CHANGED)) && all_running && ctld_alive && node_usable; then
-        log "already running; node $(nodename) is $(node_state)"
+    if ((!SLURM_CONF_CHANGED && !SLURMDBD_CONF_CHANGED)) && all_running && ctld_alive && all_nodes_usable; then
+        log "already running; $NODES node(s): $(nodes_summary)"
         return 0
     fi
     start_munge
     start_mariadb
     start_slurmdbd
     continue_job_ids_after_db
+    # before slurmctld (re)starts: a slurmd of an unconfigured node registering with the new slurmctld is
+    # taken for an alias of a configured node and leaves that node INVAL
+    stop_stray_slurmds
     start_slurmctld
-    start_slurmd
-    wait_for_node
-    log "cluster $CLUSTER_NAME up in $((SECONDS - t0))s: node $(nodename) is $(node_state), partition $PARTITION"
+    start_slurmds
+    wait_for_nodes
+    log "cluster $CLUSTER_NAME up in $((SECONDS - t0))s: $NODES node(s) in partition $PARTITION: $(nodes_summary)"
 }
 
 cmd_stop() {
+    local pid
     make_dirs
     take_lock
-    stop_slurm_daemon slurmd
+    for pid in $(pgrep -x slurmd); do stop_pid "slurmd $(slurmd_node_of "$pid")" "$pid" 20; done
+    rm -f "$RUN_DIR"/slurmd*.pid
     stop_slurm_daemon slurmctld
     stop_slurm_daemon slurmdbd
     stop_mariadb
     stop_munge
+    remove_node_names
     if pgrep -x slurmstepd >/dev/null; then
         log "note: job steps (slurmstepd) are still running; they are re-attached on the next start"
     fi
@@ -611,36 +799,57 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local rc=0 name pid
-    for name in slurmctld slurmd slurmdbd; do
+    local rc=0 name pid node
+    NODES=$(configured_nodes)
+    for name in slurmctld slurmdbd; do
         if pid=$(slurm_daemon_pid "$name"); then echo "$name: running (pid $pid)"; else echo "$name: NOT running"; rc=1; fi
     done
+    for node in $(node_names); do
+        if pid=$(slurmd_pid "$node"); then echo "slurmd $node: running (pid $pid, port $(node_port "$node"))"; else echo "slurmd $node: NOT running"; rc=1; fi
+    done
+    for pid in $(stray_slurmd_pids); do echo "slurmd pid $pid: serves '$(slurmd_node_of "$pid")', which is not configured"; rc=1; done
     if pid=$(pid_from_file mariadbd "$DB_PID"); then echo "mariadbd: running (pid $pid, 127.0.0.1:$DB_PORT)"; else echo "mariadbd: NOT running"; rc=1; fi
     if munge_works; then echo "munge: ok"; else echo "munge: NOT working"; rc=1; fi
     echo "--- scontrol ping"
     scontrol ping 2>&1 || true
     ctld_alive || rc=1
-    echo "--- sinfo"
-    sinfo 2>&1 || true
-    if ! node_usable; then
-        echo "node $(nodename) is not usable: state=$(node_state) reason=$(node_reason)"
-        rc=1
-    fi
+    echo "--- sinfo -N ($NODES node(s) configured)"
+    sinfo -N 2>&1 || true
+    ((NODES > 0)) || { echo "no cluster configured by this script: run start"; rc=1; }
+    for node in $(node_names); do
+        if ! node_usable "$node"; then
+            echo "node $node is not usable: state=$(node_state "$node") reason=$(node_reason "$node")"
+            rc=1
+        fi
+        if [[ "$(getent ahostsv4 "$node" 2>/dev/null | awk 'NR == 1 { print $1 }')" != 127.0.0.1 ]]; then
+            echo "node name $node does not resolve to 127.0.0.1 ($HOSTS_FILE block missing?)"
+            rc=1
+        fi
+    done
     return $rc
 }
 
+usage() {
+    echo "usage: $0 start [--nodes N] | stop | status   (N: 1..$MAX_NODES; default: the configured count, else 1)" >&2
+    exit 2
+}
+
 main() {
-    case "${1:-}" in
-    start | stop | status) ;;
-    *)
-        echo "usage: $0 start|stop|status" >&2
-        exit 2
-        ;;
-    esac
-    if [[ $1 != status && $EUID -ne 0 ]]; then
+    local cmd=${1:-}
+    [[ $cmd =~ ^(start|stop|status)$ ]] || usage
+    shift
+    while (($#)); do
+        case "$cmd:$1" in
+        start:--nodes) NODES=${2:-}; shift 2 || usage ;;
+        start:--nodes=*) NODES=${1#--nodes=}; shift ;;
+        *) usage ;;
+        esac
+        [[ $NODES =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= MAX_NODES)) || usage
+    done
+    if [[ $cmd != status && $EUID -ne 0 ]]; then
         die "must run as root (it installs packages and runs the daemons as root)"
     fi
-    "cmd_$1"
+    "cmd_$cmd"
 }
 
 main "$@"

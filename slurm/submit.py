@@ -170,26 +170,39 @@ def dry_run_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path) -> st
     return f"# no SLURM controller answers: would run locally with {cfg.ranks()} task(s)\n{to_yaml(cfg)}"
 
 
+def warn_missing(check, cfg: ExperimentConfig) -> None:
+    """--dry-run checks a submission, e.g. from a login node that does not see the data: a missing input
+    path is a warning there (the script is printed anyway); a real submission refuses it."""
+    try:
+        check(cfg)
+    except ConfigError as e:
+        print(f"warning: {e} (not seen from here; a real submission refuses it)", file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.list:
         print("\n".join(f"{name:32s} {desc}" for name, desc in list_experiments()))
         return 0
     try:
+        # Data paths are checked below: a dry run (e.g. on a login node that does not see the data) only
+        # warns about them, a real submission refuses them.
         cfg = load_config(args.exp, args.overrides + resource_overrides(args))
         use_slurm = not args.local and slurm_available()
         if cfg.kind == "preprocess":
             from slurm import preprocess_job
-            preprocess_job.check_inputs(cfg)
             preprocess_job.absolutize(cfg)
             folder = cfg.run_dir.resolve() / "submitit" / time.strftime("%Y%m%d-%H%M%S")
             if args.dry_run:
+                warn_missing(preprocess_job.check_inputs, cfg)
                 print(preprocess_job.dry_run(cfg, use_slurm, folder))
                 return 0
+            preprocess_job.check_inputs(cfg)
             return preprocess_job.submit(cfg, use_slurm, folder, args.follow)
         absolutize(cfg)
         folder = Path(cfg.output_dir) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
         if args.dry_run:
+            warn_missing(check_data_paths, cfg)
             print(dry_run_training(cfg, use_slurm, folder))
             return 0
         check_data_paths(cfg)

@@ -29,6 +29,18 @@ def slurm_cluster() -> None:
         f"run `bash slurm/local-cluster.sh start` first")
 
 
+@pytest.fixture(scope="session")
+def two_nodes(slurm_cluster) -> list:
+    """The local cluster must have at least two usable nodes (`make cluster` starts two); their names."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True)
+    nodes = sorted({n for n, state in (l.split() for l in out.stdout.splitlines() if l.strip())
+                    if state in ("idle", "mixed", "allocated", "completing")})  # "idle*": not responding
+    assert len(nodes) >= 2, (
+        f"the multi-node tests need a SLURM cluster of at least 2 usable nodes; sinfo says:\n{out.stdout}{out.stderr}"
+        f"start one with `bash slurm/local-cluster.sh start --nodes 2` (what `make cluster` runs)")
+    return nodes
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Whatever uses the SLURM cluster is slow (`pytest -m "not slow"` leaves it out), marked or not."""
     for item in items:

@@ -1,5 +1,6 @@
-"""`python slurm/submit.py`: the smoke slice through the real local SLURM cluster and through submitit's
-local executor, plus --list and --dry-run."""
+"""`python slurm/submit.py`: the smoke slice through submitit's local executor, plus --list and --dry-run.
+(Through the real SLURM cluster, on 1 node x 2 tasks and on 2 nodes x 1 task, compared bit for bit:
+tests/test_multinode.py.)"""
 from __future__ import annotations
 
 import math
@@ -36,13 +37,6 @@ def assert_smoke_result(out, tmp_path):
         assert (latest / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").exists()
         assert (latest / f"rng_rank{rank}.pt").exists()
     return run
-
-
-def test_smoke_through_slurm_with_two_tasks(tmp_path, smoke_data, slurm_cluster):
-    out = submit(*smoke_args(tmp_path, smoke_data), "--follow")
-    assert "(SLURM, 2 task(s))" in out.stdout, out.stdout[-2000:]
-    run = assert_smoke_result(out, tmp_path)
-    assert run.info.status == "FINISHED"
 
 
 @pytest.mark.slow  # 2-rank DeepSpeed jobs
@@ -88,13 +82,36 @@ def test_list_shows_experiments_with_descriptions():
 
 
 def test_dry_run_of_multiscale_on_8_nodes(tmp_path, slurm_cluster):
+    """One task per GPU, and the rendezvous every task uses, exported by the script itself: the first
+    node of the allocation and a port derived from the job id (the same on every node)."""
     out = submit("--exp", "imagenet64_multiscale", "--nodes", "8", "--gpus-per-node", "8", "--dry-run",
                  f"data.root={tmp_path}", f"output_dir={tmp_path / 'run'}")
     assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
     for line in ("#SBATCH --nodes=8", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --signal=USR2@180"):
-        assert line in out.stdout, line
+        assert line in lines, line
+    rendezvous = ['export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+                  'export MASTER_PORT="$(( 20000 + SLURM_JOB_ID % 10000 ))"']
+    srun = next(i for i, line in enumerate(lines) if line.startswith("srun "))
+    assert lines.index(rendezvous[0]) + 1 == lines.index(rendezvous[1]) < srun  # exported before the tasks start
+    assert "--gpus-per-task" not in out.stdout and "CUDA_VISIBLE_DEVICES" not in out.stdout
     assert not (tmp_path / "run").exists()  # nothing submitted, nothing written
+
+
+def test_dry_run_without_the_data_warns_and_a_real_submission_refuses(tmp_path, slurm_cluster):
+    """A login node may not see the data: --dry-run prints the script anyway, naming the missing path;
+    submitting for real refuses it (exit 2) before anything is submitted."""
+    missing = tmp_path / "not-here"
+    args = ["--exp", "imagenet64_multiscale", "--nodes", "8", "--gpus-per-node", "8", f"data.root={missing}",
+            f"output_dir={tmp_path / 'run'}"]
+    dry = submit(*args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "#SBATCH --nodes=8" in dry.stdout
+    assert f"warning: 'data.root' does not exist: {missing}" in dry.stderr
+    real = submit(*args)
+    assert real.returncode == 2 and f"error: 'data.root' does not exist: {missing}" in real.stderr, real.stderr
+    assert "submitted" not in real.stdout and not (tmp_path / "run").exists()
 
 
 def test_bad_experiment_name_is_refused(tmp_path):

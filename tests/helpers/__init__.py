@@ -7,6 +7,7 @@ from a conftest.
   prep         tiny images, shard readers, the preprocessing CLI
   tiny_models  tiny model configurations and the causality probe
   mlflow_runs  a real MLflow store of two finished smoke runs
+  slurm_jobs   submissions to the real local SLURM cluster: job ids, job state, the run's results
 """
 import os
 
@@ -18,10 +19,18 @@ from .launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_sto
                      signal_groups, train_2ranks)
 from .mlflow_runs import COMMON, SMOKE_RUNS, make_smoke_store  # noqa: E402
 from .prep import encode, noise_image, output_bytes, read_samples, run_cli, write  # noqa: E402
+from .slurm_jobs import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job,  # noqa: E402
+                         scontrol_job, start, submit_cmd, task_pids, wait)
 from .tiny_models import ALL, ARCHS, TINY, changed_matrix, perturb_each_subpixel, tiny  # noqa: E402
 
-__all__ = ["CHAIN", "CHAIN_STEPS", "DIST_TIMEOUT_S", "LAUNCH_TIMEOUT", "SEED", "CheckpointObserver", "Launch", "fill_up",
-           "sha256_tree", "small_filesystem", "train_args", "watch", "REPO", "free_port", "hex_losses", "kill_tree",
-           "metrics", "mlflow_store", "process_groups", "signal_groups", "train_2ranks", "COMMON", "SMOKE_RUNS",
-           "make_smoke_store", "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write", "ALL",
-           "ARCHS", "TINY", "changed_matrix", "perturb_each_subpixel", "tiny"]
+__all__ = [
+    "CHAIN", "CHAIN_STEPS", "DIST_TIMEOUT_S", "LAUNCH_TIMEOUT", "SEED", "CheckpointObserver", "Launch", "fill_up",
+    "sha256_tree", "small_filesystem", "train_args", "watch",
+    "REPO", "free_port", "hex_losses", "kill_tree", "metrics", "mlflow_store", "process_groups", "signal_groups",
+    "train_2ranks",
+    "COMMON", "SMOKE_RUNS", "make_smoke_store",
+    "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write",
+    "FAST", "hostnames", "job_id", "one_mlflow_run", "resumed_steps", "sacct_job", "scontrol_job", "start",
+    "submit_cmd", "task_pids", "wait",
+    "ALL", "ARCHS", "TINY", "changed_matrix", "perturb_each_subpixel", "tiny",
+]

@@ -1,9 +1,9 @@
-"""End-to-end checks of the local SLURM cluster started by ``slurm/local-cluster.sh start``.
+"""End-to-end checks of the local SLURM cluster started by ``slurm/local-cluster.sh start --nodes 2``.
 
-These tests talk to the real cluster (slurmctld + slurmd + slurmdbd on 127.0.0.1) through submitit.
-They FAIL (not skip) when the controller does not answer: start it with
+These tests talk to the real cluster (slurmctld + one slurmd per node + slurmdbd on 127.0.0.1) through
+submitit and SLURM's own commands. They FAIL (not skip) when the controller does not answer: start it with
 
-    sudo slurm/local-cluster.sh start
+    sudo slurm/local-cluster.sh start --nodes 2
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 REPO = Path(__file__).resolve().parents[2]
-START_HINT = f"start it with: sudo {REPO / 'slurm' / 'local-cluster.sh'} start"
+SCRIPT = str(REPO / "slurm" / "local-cluster.sh")
+START_HINT = f"start it with: sudo {SCRIPT} start --nodes 2"
+HOSTS_BEGIN = "# BEGIN pixelrnn slurm/local-cluster.sh"
 
 
 def _run(*cmd: str, timeout: float = 15) -> subprocess.CompletedProcess:
@@ -130,7 +132,8 @@ def test_scontrol_ping_answers() -> None:
 
 
 def test_script_status_and_idempotent_start() -> None:
-    script = str(REPO / "slurm" / "local-cluster.sh")
+    """A bare `start` verifies a running cluster, keeping its node count."""
+    script = SCRIPT
     status = _run(script, "status")
     assert status.returncode == 0, status.stdout + status.stderr
     if os.geteuid() != 0:
@@ -191,3 +194,100 @@ def test_scontrol_requeue_reruns_checkpointable_job(tmp_path: Path) -> None:
     assert lines == ["run restart_count=0", "run restart_count=1"], lines
     assert marker.read_text().splitlines() == lines
     print(f"requeue -> result in {elapsed:.1f}s")
+
+
+# ------------------------------------------------------------------------------------------------ nodes
+def _usable_nodes() -> list[str]:
+    out = _run("sinfo", "-h", "-N", "-o", "%N %T").stdout.split("\n")
+    return sorted(n for n, state in (l.split() for l in out if l.strip())
+                  if state in ("idle", "mixed", "allocated", "completing"))
+
+
+def _hosts_outside_block() -> list[str]:
+    lines, inside = [], False
+    for line in Path("/etc/hosts").read_text().splitlines():
+        if line.startswith(HOSTS_BEGIN):
+            inside = True
+        elif inside and line.startswith("# END pixelrnn"):
+            inside = False
+        elif not inside:
+            lines.append(line)
+    return lines
+
+
+def _resolve(name: str) -> str:
+    out = _run("getent", "ahostsv4", name).stdout.split()
+    return out[0] if out else ""
+
+
+def _srun_nodes(n: int) -> dict[str, str]:
+    """SLURM_NODEID -> SLURMD_NODENAME of one task on each of n nodes."""
+    out = _run("srun", f"-N{n}", "--ntasks-per-node=1", "printenv", "SLURM_NODEID", "SLURMD_NODENAME", timeout=60)
+    assert out.returncode == 0, out.stderr
+    values = out.stdout.split()
+    return dict(sorted(zip(values[0::2], values[1::2])))
+
+
+def test_two_nodes_each_run_a_task_and_their_names_resolve(two_nodes) -> None:
+    assert two_nodes[:2] == ["node1", "node2"]
+    assert _srun_nodes(2) == {"0": "node1", "1": "node2"}
+    hosts = Path("/etc/hosts").read_text().splitlines()
+    assert sum(line.startswith(HOSTS_BEGIN) for line in hosts) == 1
+    assert all(_resolve(n) == "127.0.0.1" for n in two_nodes)
+    assert _resolve(os.uname().nodename), "the machine's own hostname must still resolve"
+
+
+def _slurmd_nodes() -> set[str]:
+    """The nodes the running slurmd daemons serve (`slurmd -N NAME`; their short-lived helpers have no -N)."""
+    lines = _run("pgrep", "-a", "-x", "slurmd").stdout.splitlines()
+    return {line.split()[-1] for line in lines if " -N " in line}
+
+
+def _start(*args: str) -> subprocess.CompletedProcess:
+    out = _run(SCRIPT, "start", *args, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def test_start_with_another_node_count_reconfigures_cleanly(two_nodes) -> None:
+    """3 nodes, then 1, then stopped, then back to the count it had: each time exactly the configured
+    nodes are up, their names resolve, other /etc/hosts lines and the hostname are untouched."""
+    if os.geteuid() != 0:
+        pytest.skip("`local-cluster.sh start` needs root")
+    count, others, me = len(two_nodes), _hosts_outside_block(), _resolve(os.uname().nodename)
+    t0 = time.monotonic()
+    try:
+        _start("--nodes", "3")
+        assert _usable_nodes() == ["node1", "node2", "node3"]
+        assert sorted(_srun_nodes(3).values()) == ["node1", "node2", "node3"]
+        assert _resolve("node3") == "127.0.0.1"
+        _start("--nodes", "1")
+        assert _usable_nodes() == ["node1"]
+        assert _slurmd_nodes() == {"node1"}  # node2's and node3's daemons are stopped
+        assert "node2" not in Path("/etc/hosts").read_text()
+        stop = _run(SCRIPT, "stop", timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        assert Path("/etc/hosts").read_text().splitlines() == others  # only our block was ever touched
+        assert _resolve(os.uname().nodename) == me and _resolve("node1") == ""
+    finally:
+        _start("--nodes", str(count))
+    assert _usable_nodes() == [f"node{i}" for i in range(1, count + 1)]
+    assert _hosts_outside_block() == others and _resolve(os.uname().nodename) == me
+    assert _run("sacct", "-n", "-X", "-S", "now-1minutes").returncode == 0  # accounting is still on
+    print(f"3 -> 1 -> stopped -> {count} nodes in {time.monotonic() - t0:.0f} s")
+
+
+def test_start_stops_a_slurmd_of_a_node_that_is_not_configured(two_nodes) -> None:
+    """What a machine set up by this script's earlier single-node layout has: a slurmd serving the node
+    `hostname -s`. slurmctld takes its registration for an alias of node1 (node1 becomes INVAL); `start`
+    stops it and brings node1 back."""
+    if os.geteuid() != 0:
+        pytest.skip("`local-cluster.sh start` needs root")
+    old = os.uname().nodename.split(".")[0]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_CONF": "/etc/slurm/slurm.conf"}
+    subprocess.run(["slurmd", "-N", old], env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, start_new_session=True, check=True, timeout=30)
+    out = _start()
+    assert f"stopped slurmd {old} (not configured)" in out.stderr, out.stderr
+    assert _usable_nodes() == two_nodes
+    assert _slurmd_nodes() == set(two_nodes)
