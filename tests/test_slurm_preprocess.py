@@ -4,7 +4,6 @@ least loaded node, LLN=YES), plus a finalize job (afterok dependency) produces s
 byte-identical to a one-process `preprocessing.build` of the same source."""
 from __future__ import annotations
 
-import pytest
 import hashlib
 import re
 import subprocess
@@ -12,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import preprocessing
+import pytest
 
-from helpers import REPO
+import preprocessing
+from helpers import REPO, wait_until_idle
 
 pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster
 
@@ -44,6 +44,7 @@ def test_array_build_over_two_nodes_is_byte_identical_to_one_process(tmp_path, t
     single = tmp_path / "single"
     preprocessing.build(src, "train", [8, 16], single, shard_size=6, seed=0, progress=False)
 
+    wait_until_idle()  # least loaded node first: jobs of earlier tests still ending would skew it
     out = subprocess.run(
         [sys.executable, "slurm/submit.py", "--exp", "preprocess_imagenet", f"preprocess.source={src}",
          f"preprocess.out={tmp_path / 'array'}", "preprocess.num_tasks=3", "preprocess.sizes=[8,16]",

@@ -20,7 +20,7 @@ from .launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_sto
 from .mlflow_runs import COMMON, SMOKE_RUNS, make_smoke_store  # noqa: E402
 from .prep import encode, noise_image, output_bytes, read_samples, run_cli, write  # noqa: E402
 from .slurm_jobs import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job,  # noqa: E402
-                         scontrol_job, start, submit_cmd, task_pids, wait)
+                         scontrol_job, start, submit_cmd, task_pids, wait, wait_until_idle)
 from .tiny_models import ALL, ARCHS, TINY, changed_matrix, perturb_each_subpixel, tiny  # noqa: E402
 
 __all__ = [
@@ -31,6 +31,6 @@ __all__ = [
     "COMMON", "SMOKE_RUNS", "make_smoke_store",
     "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write",
     "FAST", "hostnames", "job_id", "one_mlflow_run", "resumed_steps", "sacct_job", "scontrol_job", "start",
-    "submit_cmd", "task_pids", "wait",
+    "submit_cmd", "task_pids", "wait", "wait_until_idle",
     "ALL", "ARCHS", "TINY", "changed_matrix", "perturb_each_subpixel", "tiny",
 ]

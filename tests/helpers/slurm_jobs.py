@@ -98,3 +98,16 @@ def one_mlflow_run(db: Path):
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert len(runs) == 1, [r.info.run_id for r in runs]
     return runs[0]
+
+
+def wait_until_idle(timeout: float = 90) -> List[str]:
+    """Wait until no node of the cluster runs anything (jobs of earlier tests may still be ending), so that
+    where the scheduler places the next jobs does not depend on what ran before. Returns the node names."""
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True).stdout
+        states = dict(line.split() for line in out.splitlines() if line.strip())
+        if states and all(state == "idle" for state in states.values()):
+            return sorted(states)
+        assert time.time() < deadline, f"the cluster's nodes did not become idle in {timeout} s: {states}"
+        time.sleep(0.5)
