@@ -70,4 +70,4 @@ class PixelCNN(PixelRNNBase):
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__(image_size, hidden, out_maps, skip)
         self.config = {"name": self.name, **config}
-        self.layers = nn.ModuleList(ResidualBlock(hidden, kernel, residual, cond_maps) for _ in range(layers))
+        self.set_layers(ResidualBlock(hidden, kernel, residual, cond_maps) for _ in range(layers))
