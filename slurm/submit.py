@@ -84,7 +84,11 @@ def absolutize(cfg: ExperimentConfig) -> None:
 
 
 def prepare_data(cfg: ExperimentConfig) -> None:
-    """`data.prepare: synthetic`: build a small generated dataset with the real preprocessing code."""
+    """`data.prepare: synthetic` (or `photos`): build a small dataset with the real preprocessing code."""
+    if cfg.data.prepare == "photos":
+        from slurm.photo_data import prepare_photos
+        prepare_photos(cfg)
+        return
     if cfg.data.prepare != "synthetic":
         return
     root = Path(cfg.data.root)
@@ -156,6 +160,10 @@ def report_training(job, cfg: ExperimentConfig) -> int:
     summary = out.results[0]
     print(f"job {job.job_id} finished: validation {summary['val_bits_per_dim']:.4f} bits/dim after "
           f"{summary['steps']} steps")
+    codecs = [f"{k.split('_')[0].upper()} {summary[k]:.4f}" for k in ("png_bits_per_dim", "webp_bits_per_dim")
+              if k in summary]
+    if codecs:  # tracking.codec_baselines: the same validation images as files
+        print(f"  baselines:   {', '.join(codecs)} bits/dim on the same validation images")
     print(f"  checkpoint:  {summary['checkpoint']}")
     print(f"  MLflow run:  {summary['mlflow_run_id']} (experiment '{cfg.tracking.experiment}')")
     store = cfg.tracking.tracking_uri
