@@ -1,12 +1,13 @@
 """Real photographs that ship inside installed wheels -> an ImageFolder tree of size x size crops.
 
-Nothing is downloaded: the photos are the sample images that scikit-image and matplotlib put in
-their wheels (scikit-image fetches a few more with pooch at run time; those are not used). Which
-files really ship was checked in the installed wheels (scikit-image 0.26.0, matplotlib 3.11.2):
+Nothing is downloaded: the photos are the sample images that scikit-image, matplotlib and
+scikit-learn put in their wheels (scikit-image fetches a few more with pooch at run time; those are
+not used). Which files really ship was checked in the installed wheels (scikit-image 0.26.0,
+matplotlib 3.11.2, scikit-learn 1.9.1):
 
 * used, the RGB photographs: scikit-image's astronaut, chelsea, coffee, hubble_deep_field, ihc,
-  motorcycle_left + motorcycle_right (one stereo pair: one scene), retina, rocket, and matplotlib's
-  grace_hopper;
+  motorcycle_left + motorcycle_right (one stereo pair: one scene), retina, rocket; matplotlib's
+  grace_hopper; scikit-learn's china and flower (`load_sample_images`);
 * skipped, the grayscale photographs (camera, coins, moon, brick, grass, gravel, clock_motion, cell,
   page, text): converted to RGB they would have R = G = B, a different distribution from colour
   photos that a model learns to exploit ("copy red"), which would blur what the bits/dim say about
@@ -60,7 +61,7 @@ class Photo:
     scene: str  # the photos of one scene are one unit of the split
 
 
-_SK, _MPL = ("scikit-image", "skimage"), ("matplotlib", "matplotlib")
+_SK, _MPL, _SKL = ("scikit-image", "skimage"), ("matplotlib", "matplotlib"), ("scikit-learn", "sklearn")
 PHOTOS = (
     Photo(*_SK, "data/astronaut.png", "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5", "astronaut"),
     Photo(*_SK, "data/chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb", "chelsea"),
@@ -76,6 +77,10 @@ PHOTOS = (
     Photo(*_SK, "data/rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c", "rocket"),
     Photo(*_MPL, "mpl-data/sample_data/grace_hopper.jpg",
           "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130", "grace_hopper"),
+    Photo(*_SKL, "datasets/images/china.jpg", "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
+          "china"),
+    Photo(*_SKL, "datasets/images/flower.jpg", "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
+          "flower"),
 )
 SKIPPED_GRAYSCALE = tuple(f"data/{n}.png" for n in (
     "camera", "coins", "moon", "brick", "grass", "gravel", "clock_motion", "cell", "page", "text"))
@@ -98,8 +103,8 @@ def locate(photo: Photo) -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / photo.path
     if not path.is_file():
         raise PreprocessError(f"{photo.dist} {_version(photo.dist)} does not ship {photo.path} (looked for "
-                              f"{path}); the photo list was checked against scikit-image 0.26.0 and "
-                              f"matplotlib 3.11.2")
+                              f"{path}); the photo list was checked against scikit-image 0.26.0, "
+                              f"matplotlib 3.11.2 and scikit-learn 1.9.1")
     digest = sha256_file(path)
     if digest != photo.sha256:
         raise PreprocessError(f"{path} ({photo.dist} {_version(photo.dist)}) has sha256 {digest}, expected "
@@ -173,7 +178,8 @@ def make_photo_crops(out, size: int = 32, seed: int = 0, val_scenes: Sequence[st
         split = val_split if val else train_split
         with Image.open(path) as im:
             im.load()
-            mode, rgb = im.mode, im.convert("RGB")
+            # Pixels only: the sources' ICC profiles and EXIF would otherwise be copied into every crop.
+            mode, rgb = im.mode, Image.fromarray(np.asarray(im.convert("RGB")))
         # One generator per photo, seeded by (seed, file): adding or removing a photo changes no other's crops.
         rng = np.random.default_rng([seed, zlib.crc32(photo.path.encode())])
         boxes = crop_boxes(rgb.width, rgb.height, size, val_density if val else train_density, rng)
