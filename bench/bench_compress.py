@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--naive-images", type=int, default=4, help="images coded one by one per round")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="the coder's compute dtype")
     args = ap.parse_args()
     header("lossless coding: batched vs per-image")
     if args.checkpoint:
@@ -57,21 +58,21 @@ def main() -> None:
     ckpt = str(CACHE / "bench_compress_model.pt")
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.config, "state_dict": model.state_dict()}, ckpt)
-    model, sha = load_model(ckpt)
+    model, sha = load_model(ckpt, args.dtype)
     if args.quick:
         args.images, args.naive_images, args.repeats = 8, 2, 1
     x = photo_crops(model.image_size, args.images)
     n, size = len(x), model.image_size
     cfg = model.config
     print(f"# {cfg['name']} {cfg['layers']}x{cfg['hidden']} out_maps {cfg.get('out_maps')}, {size}x{size}, "
-          f"{n} images batched vs {args.naive_images} one by one, float32, {args.threads} thread(s); "
+          f"{n} images batched vs {args.naive_images} one by one, {args.dtype}, {args.threads} thread(s); "
           f"{args.checkpoint or 'random init'}")
     sizes = {}
 
     def run(batch: int, xs: torch.Tensor, key: str):
         def fn():
             data, s = encode_images(model, sha, xs, [f"i{k}" for k in range(len(xs))], ckpt, batch,
-                                    threads=args.threads, progress=False)
+                                    dtype=args.dtype, threads=args.threads, progress=False)
             y, _, d = decode_file(data, ckpt, progress=False)
             seconds = d["seconds"]  # the decode loop, without loading the weights
             assert torch.equal(y, xs), "round trip not exact"

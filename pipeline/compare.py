@@ -41,8 +41,7 @@ def compare(checkpoint: str, root: str, split: str = "val", batch_size: int = 64
     n = len(x)
     codecs = codec_bits_per_dim([x])
     forward = model_bits_per_dim(model, x, batch_size)
-    names = [f"{split}_{k:05d}" for k in range(n)]
-    data, enc = encode_images(model, sha, x, names, str(Path(checkpoint).resolve()), batch_size, "float32",
+    data, enc = encode_images(model, sha, x, None, str(Path(checkpoint).resolve()), batch_size, "float32",
                               threads, progress)
     if out:
         atomic_write_bytes(out, data)

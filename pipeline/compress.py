@@ -101,10 +101,11 @@ def _progress(total: int, desc: str, enabled: bool):
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
 
 
-def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, names: List[str], checkpoint: str,
+def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, names: Optional[List[str]], checkpoint: str,
                   batch_size: int = 64, dtype: str = "float32", threads: int = 1,
                   progress: bool = True) -> Tuple[bytes, Dict[str, float]]:
-    """The .prc bytes of uint8 images [N, 3, n, n] and stats (ideal bits, payload bits, header bytes, s)."""
+    """The .prc bytes of uint8 images [N, 3, n, n] and stats (ideal bits, payload bits, header bytes, s).
+    `names` (one per image) are stored for decode's file names; None stores none (image_00000, ...)."""
     torch.set_num_threads(threads)
     n_img, size = x.shape[0], model.image_size
     chunks, payloads, ideal = [], [], 0.0
@@ -173,7 +174,8 @@ def decode_file(data: bytes, checkpoint: Optional[str] = None, name: str = "file
                                    f"thread(s)); nothing was written")
             out.append(x)
     seconds = time.perf_counter() - t0
-    return torch.cat(out), list(header["images"]["names"]), {"seconds": seconds}
+    names = header["images"]["names"] or [f"image_{k:05d}" for k in range(header["images"]["count"])]
+    return torch.cat(out), list(names), {"seconds": seconds}
 
 
 def write_pngs(x: torch.Tensor, names: List[str], out_dir: Path) -> List[Path]:
