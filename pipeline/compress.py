@@ -16,7 +16,6 @@ Exit status: 0 done, 2 refused (bad input, a corrupted or mismatched file; the m
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import sys
 import time
@@ -101,8 +100,8 @@ def _progress(total: int, desc: str, enabled: bool):
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
 
 
-def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, names: Optional[List[str]], checkpoint: str,
-                  batch_size: int = 64, dtype: str = "float32", threads: int = 1,
+def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, names: Optional[List[str]],
+                  checkpoint: str, batch_size: int = 64, dtype: str = "float32", threads: int = 1,
                   progress: bool = True) -> Tuple[bytes, Dict[str, float]]:
     """The .prc bytes of uint8 images [N, 3, n, n] and stats (ideal bits, payload bits, header bytes, s).
     `names` (one per image) are stored for decode's file names; None stores none (image_00000, ...)."""
@@ -117,15 +116,13 @@ def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, nam
             words, bits = encode_batch(model, xb, on_row=lambda i: bar.update(step))
             payload = words.astype("<u4").tobytes()
             chunks.append({"images": xb.shape[0], "payload_bytes": len(payload),
-                           "payload_sha256": hashlib.sha256(payload).hexdigest(),
-                           "pixels_sha256": prc.pixels_sha256(xb), "ideal_bits": bits})
+                           "payload_sha256": prc.digest(payload), "pixels_sha256": prc.pixels_sha256(xb)})
             payloads.append(payload)
             ideal += bits
     seconds = time.perf_counter() - t0
     header = {"format": "pixelrnn-prc", "coder": coder_info(), "compute": compute_info(dtype, threads),
               "model": {"config": model.config, "weights_sha256": weights_sha, "checkpoint": checkpoint},
-              "images": {"count": n_img, "size": size, "channels": 3, "names": names,
-                         "order": "raster, then R, G, B; image by image within a sub-pixel"},
+              "images": {"count": n_img, "size": size, "channels": 3, "names": names},
               "chunks": chunks}
     data = prc.pack(header, payloads)
     payload_bits = 8 * sum(len(p) for p in payloads)

@@ -4,17 +4,18 @@
     0       4     magic b"PRC\\x89" (the \\x89 catches a text-mode transfer, as in PNG)
     4       1     format version (FORMAT_VERSION)
     5       4     n, the header's length in bytes (uint32, little endian)
-    9       n     header: UTF-8 JSON (see `encode_header`)
+    9       n     header: zlib-compressed UTF-8 JSON (see `encode_header`)
     9+n     4     CRC-32 of the n header bytes (uint32, little endian)
     13+n    ...   the chunks' payloads, back to back (constriction's uint32 words, little endian)
 
 The header holds what the decoder needs and what it must refuse on: the coder (constriction's
 version, the stream and model used, 24-bit precision), the model (its config and the sha256 of its
 weights), how the probabilities were computed (dtype, thread count, torch version, CPU kernels), the
-image size and names, and per chunk its image count, payload length and sha256, and the sha256 of
-its decoded pixels. So a corrupted or truncated file fails with an error naming the problem, a file
-decoded with another model or coder version is refused, and a decode whose probabilities differed
-from the encoder's (another machine's kernels) is caught by the pixel checksum: never silently wrong.
+image size and names, and per chunk its image count, payload length and checksum, and the checksum
+of its decoded pixels (sha256 cut to 128 bits). So a corrupted or truncated file fails with an error
+naming the problem, a file decoded with another model or coder version is refused, and a decode whose
+probabilities differed from the encoder's (another machine's kernels) is caught by the pixel checksum:
+never silently wrong. The header is about 0.5 KB (zlib-compressed), plus the names.
 """
 from __future__ import annotations
 
@@ -47,14 +48,20 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def digest(data: bytes) -> str:
+    """The chunks' checksums: sha256 cut to 128 bits (32 hex digits), plenty against corruption."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 def pixels_sha256(x: torch.Tensor) -> str:
-    """sha256 of uint8 images [B, 3, H, W] in C order."""
-    return hashlib.sha256(x.to(torch.uint8).contiguous().numpy().tobytes()).hexdigest()
+    """`digest` of uint8 images [B, 3, H, W] in C order."""
+    return digest(x.to(torch.uint8).contiguous().numpy().tobytes())
 
 
 def encode_header(header: Dict[str, Any]) -> bytes:
-    """Magic, version, length, canonical JSON, CRC-32: everything before the payloads."""
-    body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    """Magic, version, length, compressed canonical JSON, CRC-32: everything before the payloads.
+    (zlib roughly halves the JSON: it is most of a small file's overhead.)"""
+    body = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode(), 9)
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(body)) + body + _CRC.pack(zlib.crc32(body))
 
 
@@ -80,8 +87,8 @@ def unpack(data: bytes, name: str = "file") -> Tuple[Dict[str, Any], List[bytes]
     if zlib.crc32(body) != crc:
         raise PrcError(f"{name}: the header is corrupted (CRC-32 {zlib.crc32(body):08x}, recorded {crc:08x})")
     try:
-        header = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(zlib.decompress(body))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PrcError(f"{name}: the header is not valid JSON ({e})") from None
     sizes = [int(c["payload_bytes"]) for c in header["chunks"]]
     if len(data) != end + sum(sizes):
@@ -91,9 +98,9 @@ def unpack(data: bytes, name: str = "file") -> Tuple[Dict[str, Any], List[bytes]
     payloads, at = [], end
     for k, (chunk, size) in enumerate(zip(header["chunks"], sizes)):
         payload = data[at:at + size]
-        if hashlib.sha256(payload).hexdigest() != chunk["payload_sha256"]:
+        if digest(payload) != chunk["payload_sha256"]:
             raise PrcError(f"{name}: the payload of chunk {k} (bytes {at}..{at + size - 1}) is corrupted "
-                           f"(sha256 mismatch)")
+                           f"(checksum mismatch)")
         payloads.append(payload)
         at += size
     return header, payloads, end

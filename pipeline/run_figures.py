@@ -52,8 +52,9 @@ def plot_curve(run_dir: Path, path: Path, title: str) -> None:
     for key, label, colour in (("png_bits_per_dim", "PNG", "0.3"), ("webp_bits_per_dim", "WebP lossless", "0.55")):
         if key in final:
             ax.axhline(final[key], color=colour, linestyle="--", linewidth=1)
-            ax.annotate(f"{label} {final[key]:.2f}", xy=(0.99, final[key]), xycoords=("axes fraction", "data"),
-                        xytext=(0, 3), textcoords="offset points", ha="right", fontsize=8, color=colour)
+            # at the left, where the curves are still far above the baselines
+            ax.annotate(f"{label} {final[key]:.2f}", xy=(0.01, final[key]), xycoords=("axes fraction", "data"),
+                        xytext=(0, 3), textcoords="offset points", ha="left", fontsize=8, color=colour)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("bits/dim")
     ax.set_ylim(min(min(smooth), val[-1][1]) - 0.5, max(9.0, final.get("png_bits_per_dim", 0) + 0.5))

@@ -65,7 +65,9 @@ def test_file_size_is_bits_per_dim_plus_stated_overhead(tmp_path):
     assert 8 * len(data) == payload_bits + 8 * header_bytes
     assert s["ideal_bits"] > 5000  # a real amount of information, not a degenerate case
     assert 8 * len(data) <= 1.01 * s["ideal_bits"] + 8 * header_bytes
-    assert payload_bits >= s["ideal_bits"] - 64  # no free lunch: the code length is the model's
+    # and no less than the model's code length (a trained model can go below it where constriction's
+    # 2^-24 floor lifts a tinier probability; this random one has none that small)
+    assert payload_bits >= s["ideal_bits"] - 64
     # the same sum, from the whole-image forward pass (float32, other kernels): close, not bitwise
     model, _ = load_model(ckpt)
     forward_bits = (model.bits_per_dim(x).double() * 3 * SIZE * SIZE).sum().item()
@@ -152,7 +154,8 @@ def test_version_and_magic_prefix(tmp_path):
     assert data[:4] == prc.MAGIC and data[4] == prc.FORMAT_VERSION
     (n,) = struct.unpack_from("<I", data, 5)
     body = data[9:9 + n]
-    assert json.loads(body)["images"]["count"] == 1 and struct.unpack_from("<I", data, 9 + n)[0] == zlib.crc32(body)
+    assert json.loads(zlib.decompress(body))["images"]["count"] == 1
+    assert struct.unpack_from("<I", data, 9 + n)[0] == zlib.crc32(body)
     with pytest.raises(prc.PrcError, match="format version 9"):
         decode_file(data[:4] + bytes([9]) + data[5:], ckpt, progress=False)
 
