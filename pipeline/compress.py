@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from pipeline.rangecoding import (SUPPORTED, bits_per_dim, coder_info, decode_ba
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONVERTIBLE = ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr")  # 8-bit modes convert("RGB") maps exactly
+SAFE_NAME = re.compile(r"(?!\.)[^/\\\x00]{1,200}")  # a decoded image's file stem: no folders, no dot-files
 
 
 class CompressError(ValueError):
@@ -51,7 +53,8 @@ def load_model(checkpoint: str, dtype: str = "float32") -> Tuple[torch.nn.Module
         raise CompressError(f"cannot load a model from {checkpoint}: {type(e).__name__}: {e}") from None
     if model.config["name"] not in SUPPORTED:
         raise CompressError(f"model {model.config['name']!r} is not supported (supported: {', '.join(SUPPORTED)})")
-    return model.to(DTYPES[dtype]), prc.weights_sha256(model)
+    sha = prc.weights_sha256(model)  # of the float32 weights, whatever dtype the coder computes in
+    return model.to(DTYPES[dtype]), sha
 
 
 def compute_info(dtype: str, threads: int) -> Dict[str, object]:
@@ -84,9 +87,10 @@ def read_images(paths: Sequence[str], size: int, convert: bool = False) -> Tuple
             raise CompressError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, the model codes {size}x{size} images: "
                                 f"refused (resizing would not be lossless)")
         images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
-        name, k = Path(path).stem, 1
+        stem = Path(path).stem if SAFE_NAME.fullmatch(Path(path).stem) else f"image_{len(names):05d}"
+        name, k = stem, 1
         while name in seen:
-            name, k = f"{Path(path).stem}_{k}", k + 1
+            name, k = f"{stem}_{k}", k + 1
         seen.add(name)
         names.append(name)
     if not images:
@@ -154,7 +158,15 @@ def decode_file(data: bytes, checkpoint: Optional[str] = None, name: str = "file
     """(uint8 images, names, stats) of a .prc file; every checksum verified before anything is returned."""
     header, payloads, _ = prc.unpack(data, name)
     comp = header["compute"]
-    model, sha = load_model(checkpoint or header["model"]["checkpoint"], comp["dtype"])
+    names = header["images"]["names"] or [f"image_{k:05d}" for k in range(header["images"]["count"])]
+    bad = [n for n in names if not isinstance(n, str) or not SAFE_NAME.fullmatch(n)]
+    if bad or len(set(names)) != len(names):
+        raise prc.PrcError(f"{name}: the header's image names are not plain, distinct file names ({bad[:3]})")
+    if checkpoint is None:
+        checkpoint = header["model"]["checkpoint"]
+        print(f"note: using the checkpoint recorded in {name}: {checkpoint} (--checkpoint chooses another; "
+              f"a DeepSpeed folder is read with DeepSpeed's loader: use checkpoints you trust)", file=sys.stderr)
+    model, sha = load_model(checkpoint, comp["dtype"])
     check_header(header, sha, name)
     torch.set_num_threads(int(comp["threads"]))
     out = []
@@ -171,7 +183,6 @@ def decode_file(data: bytes, checkpoint: Optional[str] = None, name: str = "file
                                    f"thread(s)); nothing was written")
             out.append(x)
     seconds = time.perf_counter() - t0
-    names = header["images"]["names"] or [f"image_{k:05d}" for k in range(header["images"]["count"])]
     return torch.cat(out), list(names), {"seconds": seconds}
 
 

@@ -111,6 +111,15 @@ def test_other_coder_version_is_refused(tmp_path):
         decode_file(other, ckpt, progress=False)
 
 
+def test_image_names_from_the_file_cannot_leave_the_output_folder(tmp_path):
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(2))
+    for names in (["../evil", "ok"], ["a/b", "ok"], [".profile", "ok"], ["same", "same"]):
+        bad = _repack(data, lambda h: h["images"].update(names=names))
+        with pytest.raises(prc.PrcError, match="not plain, distinct file names"):
+            decode_file(bad, ckpt, progress=False)
+
+
 def test_different_probabilities_are_caught_by_the_pixel_checksum(tmp_path):
     """A decoder whose probabilities differ from the encoder's (here: float64 instead of float32, as
     another machine's kernels might round) decodes other pixels; the checksum refuses them."""
