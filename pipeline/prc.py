@@ -70,6 +70,28 @@ def pack(header: Dict[str, Any], payloads: List[bytes]) -> bytes:
     return encode_header(header) + b"".join(payloads)
 
 
+# What the decoder reads from a header: section -> its keys (each chunk: CHUNK_FIELDS).
+FIELDS = {"coder": ("name", "version", "model", "precision_bits"),
+          "compute": ("dtype", "threads", "torch", "cpu_capability"),
+          "model": ("config", "weights_sha256", "checkpoint"), "images": ("count", "size", "names")}
+CHUNK_FIELDS = ("images", "payload_bytes", "payload_sha256", "pixels_sha256")
+
+
+def _missing_fields(header: Any) -> List[str]:
+    if not isinstance(header, dict):
+        return ["everything (it is not a JSON object)"]
+    missing = [f"{sec}.{key}" for sec, keys in FIELDS.items() for key in keys
+               if not isinstance(header.get(sec), dict) or key not in header[sec]]
+    chunks = header.get("chunks")
+    if not isinstance(chunks, list) or not chunks:
+        return missing + ["chunks"]
+    missing += sorted({f"chunks[].{key}" for c in chunks for key in CHUNK_FIELDS
+                       if not isinstance(c, dict) or key not in c})
+    if not missing and sum(int(c["images"]) for c in chunks) != int(header["images"]["count"]):
+        missing.append("chunks whose image counts add up to images.count")
+    return missing
+
+
 def unpack(data: bytes, name: str = "file") -> Tuple[Dict[str, Any], List[bytes], int]:
     """(header, chunk payloads, header bytes) of a .prc file, every length and checksum checked."""
     if len(data) < _PREFIX.size:
@@ -90,6 +112,9 @@ def unpack(data: bytes, name: str = "file") -> Tuple[Dict[str, Any], List[bytes]
         header = json.loads(zlib.decompress(body))
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PrcError(f"{name}: the header is not valid JSON ({e})") from None
+    missing = _missing_fields(header)
+    if missing:
+        raise PrcError(f"{name}: the header lacks {', '.join(missing)} (not written by this program?)")
     sizes = [int(c["payload_bytes"]) for c in header["chunks"]]
     if len(data) != end + sum(sizes):
         what = "truncated" if len(data) < end + sum(sizes) else "longer than its header says"

@@ -157,6 +157,16 @@ def test_corrupted_and_truncated_files_fail_clearly(tmp_path, capsys):
     assert not out_dir.exists()  # nothing written
 
 
+def test_a_header_without_the_decoders_fields_is_refused(tmp_path):
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(3))
+    for edit, what in ((lambda h: h.pop("compute"), "compute.dtype"),
+                       (lambda h: h["chunks"][0].pop("pixels_sha256"), "chunks\\[\\].pixels_sha256"),
+                       (lambda h: h["images"].update(count=4), "add up to images.count")):
+        with pytest.raises(prc.PrcError, match=f"the header lacks .*{what}"):
+            decode_file(_repack(data, edit), ckpt, progress=False)
+
+
 def test_version_and_magic_prefix(tmp_path):
     ckpt = export(tmp_path / "model.pt")
     data, _ = encode(ckpt, images(1))
