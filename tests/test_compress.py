@@ -198,3 +198,22 @@ def test_wrong_size_or_mode_refused_or_converted_and_said(tmp_path, capsys):
     assert main(["encode", "--checkpoint", ckpt, "--out", str(tmp_path / "x.prc"), str(big)]) == 2
     assert "refused (resizing would not be lossless)" in capsys.readouterr().err
     assert not (tmp_path / "x.prc").exists()
+
+
+def test_compare_prints_the_table_from_one_real_round_trip(tmp_path, smoke_data, capsys):
+    """`compare` on a shard split: PNG, WebP, the .prc file, its payload and the model, one table."""
+    ckpt = export(tmp_path / "model.pt", "row_lstm")
+    assert main(["compare", "--checkpoint", ckpt, "--data", str(smoke_data), "--batch-size", "32",
+                 "--out", str(tmp_path / "val.prc"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| codec")}
+    assert set(rows) == {"PNG (Pillow, optimize=True)", "WebP lossless (Pillow, method 6)",
+                         ".prc file, this coder (64 images in one file, header included)",
+                         "range-coded payload alone", "model: sum of -log2 p (incremental pass, float32)",
+                         "model: bits/dim of the whole-image forward (as validation)"}
+    assert "round trip exact: yes (64 images)" in out
+    file_bpd = rows[".prc file, this coder (64 images in one file, header included)"]
+    assert (tmp_path / "val.prc").stat().st_size * 8 / (64 * 3 * 8 * 8) == pytest.approx(file_bpd, abs=1e-4)
+    assert abs(rows["model: sum of -log2 p (incremental pass, float32)"]
+               - rows["model: bits/dim of the whole-image forward (as validation)"]) < 1e-3
