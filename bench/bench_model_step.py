@@ -25,25 +25,31 @@ from pipeline.models import build_model, count_parameters  # noqa: E402
 # ---- elementwise ops ignored; per image, forward only. Backward = 2x forward.
 
 
+def skip(h: int) -> int:
+    """Multiply-adds per pixel of one layer's learnable skip connection (1x1 mask-B, 2h -> 2h)."""
+    return 2 * h * 2 * h
+
+
 def flops_common(n: int, h: int, out_maps: int, first: int = 7) -> int:
     """7x7 mask-A input conv (3 -> 2h) and the output head (2h -> out_maps -> 3*256)."""
     return 2 * n * n * (3 * first * first * 2 * h + 2 * h * out_maps + out_maps * 768)
 
 
 def flops_pixelcnn(n: int, layers: int, h: int, out_maps: int = 1024, k: int = 3) -> int:
-    """Residual blocks: 1x1 2h->h, kxk h->h, 1x1 h->2h."""
-    return flops_common(n, h, out_maps) + layers * 2 * n * n * (2 * h * h + k * k * h * h + h * 2 * h)
+    """Residual blocks: 1x1 2h->h, kxk h->h, 1x1 h->2h; plus each block's skip connection."""
+    return flops_common(n, h, out_maps) + layers * 2 * n * n * (2 * h * h + k * k * h * h + h * 2 * h + skip(h))
 
 
 def flops_row_lstm(n: int, layers: int, h: int, out_maps: int = 1024, k: int = 3) -> int:
-    """Input-to-state 1 x k 2h->4h, state-to-state k-wide h->4h, residual 1x1 h->2h."""
-    return flops_common(n, h, out_maps) + layers * 2 * n * n * (2 * h * k * 4 * h + h * k * 4 * h + h * 2 * h)
+    """Input-to-state 1 x k 2h->4h, state-to-state k-wide h->4h, residual 1x1 h->2h, skip connection."""
+    return flops_common(n, h, out_maps) + layers * 2 * n * n * (2 * h * k * 4 * h + h * k * 4 * h + h * 2 * h
+                                                                 + skip(h))
 
 
 def flops_diagonal_bilstm(n: int, layers: int, h: int, out_maps: int = 1024) -> int:
     """Per direction: input-to-state 1x1 2h->4h, state-to-state 2x1 h->4h (valid cells only,
     as implemented); residual 1x1 h->2h."""
-    per_pixel = 2 * (2 * h * 4 * h) + 2 * (2 * h * 4 * h) + h * 2 * h
+    per_pixel = 2 * (2 * h * 4 * h) + 2 * (2 * h * 4 * h) + h * 2 * h + skip(h)
     return flops_common(n, h, out_maps) + layers * 2 * n * n * per_pixel
 
 

@@ -37,6 +37,7 @@ BENCHES = [
     ("engine", "bench_engine.py", [], ["--quick"], 300),
     ("sampling", "bench_sampling.py", [], ["--quick"], 420),
     ("scaling", "bench_scaling.py", [], ["--quick"], 600),
+    ("compress", "bench_compress.py", [], ["--quick"], 300),
 ]
 # `name: 0.93 (target >= 0.8) MET`, `name: 2.31x (target >= 2x)`, `x: 1.05x (target <= 1.15x) NOT MET`
 TARGET_LINE = re.compile(

@@ -40,7 +40,8 @@ class DataConfig:
     shuffle_buffer: int = 1000
     on_corrupt: str = "error"       # error | skip: what a corrupt sample or shard does at training time
     # Smoke / local runs: build a small generated dataset with the real preprocessing code when root is empty.
-    prepare: str = "none"           # none | synthetic
+    prepare: str = "none"           # none | synthetic | photos (crops of the photos shipped in installed wheels)
+    photo_val_scenes: List[str] = field(default_factory=lambda: ["chelsea", "coffee"])  # photos: held out
     synthetic_images: int = 256
     synthetic_val_images: int = 64
     synthetic_classes: int = 4
@@ -96,6 +97,7 @@ class TrackingConfig:
     experiment: str = "default"     # one MLflow experiment per benchmark (imagenet32, imagenet64, cifar10)
     tracking_uri: str = ""          # empty: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     run_name: str = ""              # empty: derived from model, size and precision
+    codec_baselines: bool = False   # log png_/webp_bits_per_dim of the val split at the end (pipeline.codecs)
 
 
 @dataclass
@@ -166,7 +168,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.compile": ("none", "cell"),
     "data.on_corrupt": ("error", "skip"),
-    "data.prepare": ("none", "synthetic"),
+    "data.prepare": ("none", "synthetic", "photos"),
     "kind": ("train", "preprocess"),
     "preprocess.resize": ("box", "center-crop"),
     "preprocess.label_order": ("wnid", "release"),

@@ -295,12 +295,18 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag], heartbeat: Heartbeat
                 raise StopRequested(f"stopped by signal at step {step}; checkpoint {ckpt_dir / ckpt.latest_tag(ckpt_dir)}")
 
         val_bpd = run_eval()
+        baselines = {}
+        if cfg.tracking.codec_baselines:  # PNG / WebP file sizes of the same validation images
+            from pipeline.codecs import codec_baselines
+            baselines = codec_baselines(cfg.data.root, size, cfg.data.val_split, env.is_main, env.world_size)
+            tracker.metrics(baselines, step)
+            log.info("validation split as files: %s", ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()))
         if tag is None or step > int(client["step"]):  # a resume with nothing left to train keeps its checkpoint
             tag = save()
         tag = tag.removesuffix(ckpt.UNIVERSAL)
         summary = {"val_bits_per_dim": val_bpd, "steps": step, "checkpoint": str(ckpt_dir / tag),
                    "run_dir": str(run_dir), "mlflow_run_id": tracker.run_id, "world_size": env.world_size,
-                   "nonfinite_steps": nonfinite_total}
+                   "nonfinite_steps": nonfinite_total, **baselines}
         if env.is_main:
             atomic_write_text(run_dir / "final_metrics.json", json.dumps(summary, indent=2))
         tracker.finish(summary)

@@ -2,11 +2,12 @@
 
 Python API::
 
-    from preprocessing import build, finalize, verify, info, make_synthetic, prepare_synthetic
+    from preprocessing import build, finalize, verify, info, make_synthetic, make_photo_crops
     manifests = build("data/train", "train", [32, 64], "shards", workers=8)
-    prepare_synthetic("data/smoke", 8, train_images=256, val_images=64, classes=4)   # a local dataset
+    prepare_synthetic("data/smoke", 8, train_images=256, val_images=64, classes=4)   # local datasets
+    prepare_photos("data/photos32", 32, val_scenes=["chelsea", "coffee"])
 
-CLI: ``python -m preprocessing {build,finalize,verify,info,synthetic}`` (console script
+CLI: ``python -m preprocessing {build,finalize,verify,info,synthetic,photos}`` (console script
 ``pixelrnn-preprocess`` -> ``preprocessing.cli:main``). Format: the ``shardformat`` package (shared with ``pipeline``).
 """
 
@@ -15,8 +16,10 @@ from shardformat import FORMAT
 from .builder import DEFAULT_SHARD_SIZE, build, finalize
 from .errors import PreprocessError
 from .manifest import info, verify
-from .prepare import prepare_synthetic
+from .photos import make_photo_crops
+from .prepare import prepare_photos, prepare_synthetic
 from .synthetic import make_synthetic
 
-__all__ = ["build", "finalize", "verify", "info", "make_synthetic", "prepare_synthetic", "PreprocessError",
+__all__ = ["build", "finalize", "verify", "info", "make_synthetic", "make_photo_crops", "prepare_synthetic",
+           "prepare_photos", "PreprocessError",
            "FORMAT", "DEFAULT_SHARD_SIZE"]

@@ -16,6 +16,7 @@ from .errors import PreprocessError
 from .imaging import MAX_SIZE, MIN_SIZE, RESIZE_METHODS
 from .labels import LABEL_ORDERS
 from .manifest import info, verify
+from .photos import DEFAULT_VAL, make_photo_crops, scenes
 from .synthetic import make_synthetic
 
 
@@ -68,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-images", type=int, required=True)
     s.add_argument("--classes", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
+
+    ph = sub.add_parser("photos", help="cut the photos shipped in installed wheels into size x size crops",
+                        description="Write OUT/<split>/<scene>/*.png crops of the RGB sample photos that "
+                                    "scikit-image and matplotlib ship, split by scene, and OUT/photos.json "
+                                    "(the photo list with sha256s); then `build` each OUT/<split>.")
+    ph.add_argument("--out", required=True)
+    ph.add_argument("--size", type=int, default=32, help="crop size (default 32)")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--val", nargs="+", default=list(DEFAULT_VAL), choices=scenes(), metavar="SCENE",
+                    help=f"scenes held out for validation (default: {' '.join(DEFAULT_VAL)}; "
+                         f"choose from {', '.join(scenes())})")
+    ph.add_argument("--train-density", type=float, default=4.0, help="crops per size^2 of resized photo")
+    ph.add_argument("--val-density", type=float, default=1.0)
     return p
 
 
@@ -109,6 +123,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 for r in rows:
                     _print_info(r)
+        elif args.command == "photos":
+            rec = make_photo_crops(args.out, args.size, args.seed, args.val, args.train_density, args.val_density)
+            print(f"wrote {rec['counts']} crops of {len(rec['photos'])} photos to {args.out} "
+                  f"(val scenes: {', '.join(rec['params']['val_scenes'])}; record {args.out}/photos.json)")
         elif args.command == "synthetic":
             res = make_synthetic(args.out, args.num_images, args.classes, args.seed)
             print(f"wrote {res['num_images']} images in {len(res['classes'])} classes to {res['out']}")

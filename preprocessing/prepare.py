@@ -1,7 +1,8 @@
 """Ready-made small datasets for local runs and tests, built with the real build code (`data.prepare`).
 
     prepare_synthetic(root, 8, train_images=256, val_images=64, classes=4)
-    -> <root>/8/train-*.tar + train.json, <root>/8/val-*.tar + val.json (nothing is done when both exist)
+    prepare_photos(root, 32, val_scenes=["chelsea", "coffee"])   # crops of the photos shipped in wheels
+    -> <root>/<size>/train-*.tar + train.json, <root>/<size>/val-*.tar + val.json (nothing is done when both exist)
 
 The launcher calls these before it submits a job whose config asks for them (`data.prepare: synthetic`),
 so the job reads ordinary shards like any other.
@@ -15,6 +16,7 @@ from typing import Sequence
 from shardformat import manifest_path
 
 from .builder import build
+from .photos import make_photo_crops
 from .synthetic import make_synthetic
 
 
@@ -46,4 +48,22 @@ def prepare_synthetic(root, size: int, train_images: int, val_images: int, class
     for split in (train_split, val_split):
         build(splits / split, split, [size], root, shard_size=shard_size, seed=seed)
         print(f"prepared synthetic {split} shards in {root / str(size)}")
+    return True
+
+
+def prepare_photos(root, size: int, val_scenes: Sequence[str], shard_size: int = 256, seed: int = 0,
+                   train_split: str = "train", val_split: str = "val") -> bool:
+    """Crops of the photos shipped in installed wheels (`photos.make_photo_crops`: `<root>/_photos/<split>/
+    <scene>/*.png` and the record `<root>/_photos/photos.json`, split by scene), each split built into
+    shards like any ImageFolder. Returns False when the shards were already there."""
+    root = Path(root)
+    if _ready(root, size, (train_split, val_split)):
+        return False
+    tree = root / "_photos"
+    record = make_photo_crops(tree, size=size, seed=seed, val_scenes=list(val_scenes), train_split=train_split,
+                              val_split=val_split)
+    for split in (train_split, val_split):
+        build(tree / split, split, [size], root, shard_size=shard_size, seed=seed, progress=False)
+        print(f"prepared {record['counts'][split]} photo crops ({split}) as shards in {root / str(size)}")
+    print(f"  photos and split: {tree / 'photos.json'}")
     return True

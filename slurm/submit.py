@@ -77,12 +77,15 @@ def absolutize(cfg: ExperimentConfig) -> None:
 def prepare_data(cfg: ExperimentConfig) -> None:
     """`data.prepare`: have preprocessing build the small dataset the config asks for, before submitting."""
     d = cfg.data
+    if d.prepare == "none":
+        return
+    import preprocessing
+    splits = dict(shard_size=d.shard_size, seed=cfg.train.seed, train_split=d.train_split, val_split=d.val_split)
     if d.prepare == "synthetic":
-        import preprocessing
         preprocessing.prepare_synthetic(d.root, cfg.model.image_size, train_images=d.synthetic_images,
-                                        val_images=d.synthetic_val_images, classes=d.synthetic_classes,
-                                        shard_size=d.shard_size, seed=cfg.train.seed,
-                                        train_split=d.train_split, val_split=d.val_split)
+                                        val_images=d.synthetic_val_images, classes=d.synthetic_classes, **splits)
+    elif d.prepare == "photos":
+        preprocessing.prepare_photos(d.root, cfg.model.image_size, val_scenes=d.photo_val_scenes, **splits)
 
 
 def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow: bool) -> int:
@@ -132,6 +135,10 @@ def report_training(job, cfg: ExperimentConfig) -> int:
     summary = out.results[0]
     print(f"job {job.job_id} finished: validation {summary['val_bits_per_dim']:.4f} bits/dim after "
           f"{summary['steps']} steps")
+    codecs = [f"{k.split('_')[0].upper()} {summary[k]:.4f}" for k in ("png_bits_per_dim", "webp_bits_per_dim")
+              if k in summary]
+    if codecs:  # tracking.codec_baselines: the same validation images as files
+        print(f"  baselines:   {', '.join(codecs)} bits/dim on the same validation images")
     print(f"  checkpoint:  {summary['checkpoint']}")
     print(f"  MLflow run:  {summary['mlflow_run_id']} (experiment '{cfg.tracking.experiment}')")
     store = cfg.tracking.tracking_uri

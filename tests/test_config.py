@@ -186,4 +186,4 @@ def test_summary_of_an_experiment_file():
     out = subprocess.run([sys.executable, "-m", "pipeline.models", "--summary",
                           "configs/experiments/cifar10_row_lstm.yaml"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "8,571,648 parameters" in out.stdout and "'hidden': 128" in out.stdout
+    assert "9,358,336 parameters" in out.stdout and "'hidden': 128" in out.stdout

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
+from pipeline.data import iterate_eval, load_shard_set
 from pipeline.export import consolidated_state
 
 from helpers import REPO, hex_losses, metrics, train_2ranks
@@ -22,7 +24,7 @@ Z2 = ["train.max_steps=30", "train.eval_every=15", "checkpoint.every=10", "train
       "train.sample_every_eval=4", "train.precision=bf16", "train.zero_stage=2", "optim.name=rmsprop"]
 Z3 = ["train.max_steps=20", "train.eval_every=100", "checkpoint.every=5", "train.log_every=5",
       "train.sample_every_eval=4", "train.precision=fp32", "train.zero_stage=3", "optim.name=adam",
-      "train.zero3_persistence_threshold=0"]
+      "train.zero3_persistence_threshold=0", "tracking.codec_baselines=true"]
 
 
 def _ok(proc):
@@ -100,6 +102,20 @@ def test_training_lowers_validation_bits_per_dim(zero2):
     assert len(history) == 2 and history[1] < history[0] < 8.0
 
 
+def test_codec_baselines_are_logged_to_the_same_run(zero3, smoke_data):
+    """tracking.codec_baselines: PNG and WebP lossless bits/dim of the validation split, in the run's summary
+    (every rank's) and its MLflow metrics, equal to measuring the split directly."""
+    from pipeline.codecs import split_codec_bits_per_dim
+    base, _ = zero3
+    final = json.loads((base / "c" / "final_metrics.json").read_text())
+    direct = split_codec_bits_per_dim(smoke_data, 8, "val")
+    assert direct["images"] == 64 and 0 < direct["webp"] < 16 and 0 < direct["png"] < 16
+    assert final["png_bits_per_dim"] == direct["png"] and final["webp_bits_per_dim"] == direct["webp"]
+    client, (run,) = _runs(base / "c.db")
+    assert run.data.metrics["png_bits_per_dim"] == direct["png"]
+    assert run.data.metrics["webp_bits_per_dim"] == direct["webp"]
+
+
 def test_mlflow_run_holds_params_metrics_artifacts_and_tags(zero2, smoke_data):
     base, _ = zero2
     client, (run,) = _runs(base / "a.db")
@@ -145,6 +161,22 @@ def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_d
     assert evaluated["bits_per_dim"] == pytest.approx(final["val_bits_per_dim"], abs=1e-5)
     blob = torch.load(out, weights_only=True)  # plain tensors and containers only
     assert blob["config"]["name"] == "row_lstm"
+    # pipeline.compress takes either form: encoded with the checkpoint folder, decoded with model.pt
+    # (the same float32 weights, so the same weights hash), pixels exact
+    from pipeline.compress import main as compress
+    from PIL import Image
+    x = next(iterate_eval([p for p, _ in load_shard_set(smoke_data, 8, "val").shards], 8, 4))
+    paths = []
+    for k, img in enumerate(x.permute(0, 2, 3, 1).numpy()):
+        paths.append(str(tmp_path / f"v{k}.png"))
+        Image.fromarray(img).save(paths[-1])
+    prc_file = tmp_path / "v.prc"
+    assert compress(["encode", "--checkpoint", str(base / "c" / "checkpoints"), "--out", str(prc_file),
+                     "--no-progress", *paths]) == 0
+    assert compress(["decode", str(prc_file), "--checkpoint", str(out), "--out-dir", str(tmp_path / "d"),
+                     "--no-progress"]) == 0
+    for k in range(4):
+        assert (np.asarray(Image.open(tmp_path / "d" / f"v{k}.png")) == x[k].permute(1, 2, 0).numpy()).all()
 
 
 def test_crash_between_shard_writes_and_latest_resumes_from_previous(zero2, smoke_data, tmp_path):

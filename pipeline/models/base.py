@@ -12,7 +12,11 @@ Both samplers draw ALL uniforms up front ([N, 3, H, W], float64, one `torch.rand
 pick a value by inverse CDF over float64 probabilities, so for the same generator they
 consume it identically and return identical images (up to float rounding ties).
 
-Subclasses build `self.layers`: modules with
+One exact incremental pass (`walk`) serves sampling, compression and decompression: it visits
+the sub-pixels in order and asks a `choose(c, i, j, logits)` callback for each value (sampling
+draws it, `pipeline.compress` encodes the known value or decodes it from the range coder).
+
+Subclasses pass their layers to `set_layers`: modules with
     forward(v, cond) -> v'                       (whole map, [B, 2h, H, W])
     init_cache(batch, height, width, cond) -> dict
     step(cache, v, i, j) -> v'                   (pixel (i, j) only, [B, 2h])
@@ -22,16 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .configs import ModelConfig
-from .masks import MaskedConv2d, color_groups
+from .masks import MaskedConv2d, color_groups, mask_b
 
 LOG2 = math.log(2.0)
+# walk()'s callback: (colour, row, column, logits [B, 256]) -> values [B] (long, 0..255)
+Chooser = Callable[[int, int, int, torch.Tensor], torch.Tensor]
 
 
 def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +95,38 @@ def pick(logits: torch.Tensor, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Ten
     return v, logp.gather(1, v[:, None]).squeeze(1)
 
 
+class SkipConnections(nn.Module):
+    """Learnable skip connections from every layer to the output (Section 3.4).
+
+    out = sum_l W_l v_l + b, each W_l a 1x1 mask-B convolution (2h -> 2h) of layer l's output, all L of
+    them applied as one matmul over the concatenated outputs. Why a 1x1 conv per layer rather than a
+    gain per channel: it is the usual reading of "learnable skip connections" (a learned linear map per
+    skip, as in WaveNet), it contains per-channel gains as its diagonal, and it costs L * 4h^2
+    multiply-adds per pixel (about 5-10 % of a layer stack). Mask B keeps colour causality: output group
+    g reads groups <= g of each layer at the same pixel. Initialised to [I, I, ..., I] with zero bias,
+    i.e. exactly the fixed sum with weight 1 that the models used before, which training then adapts.
+    """
+
+    def __init__(self, layers: int, channels: int):
+        super().__init__()
+        groups = color_groups(channels)
+        self.weight = nn.Parameter(torch.eye(channels).repeat(1, layers))  # [C, L*C]
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("mask", mask_b(channels, layers * channels, 1, 1, groups, groups.repeat(layers))
+                             [:, :, 0, 0], persistent=False)
+
+    def masked_weight(self) -> torch.Tensor:
+        """The weight actually used: weight * mask, [C, L*C]."""
+        return self.weight * self.mask.to(self.weight.dtype)
+
+    def forward(self, outs: List[torch.Tensor]) -> torch.Tensor:
+        """Layer outputs [B, C, H, W] each -> their learned sum [B, C, H, W]."""
+        v = torch.cat(outs, 1)
+        b, _, hh, ww = v.shape
+        out = torch.matmul(self.masked_weight(), v.flatten(2)) + self.bias[:, None]  # one GEMM per image
+        return out.view(b, -1, hh, ww)
+
+
 def draw_uniforms(n: int, shape: Tuple[int, ...], generator: Optional[torch.Generator],
                   device: torch.device) -> torch.Tensor:
     """All uniforms of one sampling run, [n, *shape] float64, in a single generator call."""
@@ -116,6 +154,12 @@ class PixelRNNBase(nn.Module):
             nn.ReLU(), MaskedConv2d(out_maps, 3 * 256, 1, "B", out_groups=logit_groups),
         )
         self.layers = nn.ModuleList()
+        self.skip_connections: Optional[SkipConnections] = None
+
+    def set_layers(self, layers: Iterable[nn.Module]) -> None:
+        """Install the layer stack (and, with `skip`, its learnable skip connections to the output)."""
+        self.layers = nn.ModuleList(layers)
+        self.skip_connections = SkipConnections(len(self.layers), 2 * self.hidden) if self.skip else None
 
     # ------------------------------------------------------------------ training
     @property
@@ -125,12 +169,12 @@ class PixelRNNBase(nn.Module):
     def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Integer images [B, 3, H, W] -> logits [B, 256, 3, H, W] (cond: [B, c, H, W] or None)."""
         v = self.input_conv(scale_input(x, self.param_dtype))
-        total = 0
+        outs = []
         for layer in self.layers:
             v = layer(v, cond)
-            if self.skip:  # Section 3.4: skip connections from every layer to the output
-                total = total + v
-        logits = self.output(total if self.skip else v)
+            outs.append(v)
+        # Section 3.4: learnable skip connections from every layer to the output
+        logits = self.output(self.skip_connections(outs) if self.skip else v)
         b, _, hh, ww = logits.shape
         return logits.view(b, 3, 256, hh, ww).transpose(1, 2)
 
@@ -174,13 +218,35 @@ class PixelRNNBase(nn.Module):
 
     def _sample_incremental(self, x: torch.Tensor, start: int, u: torch.Tensor,
                             cond: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Cached sampler: per sub-pixel, every layer runs at the current pixel only.
+        """Cached sampler: `walk` with an inverse-CDF draw at every sub-pixel."""
+        bits = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
 
-        A pixel is run once per colour (later colours are hidden by the masks, so the value
-        of colour c is right once colours < c are filled) and once more after its last
-        colour to commit the final states; known rows are run once per pixel.
+        def draw(c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
+            v, logp = pick(logits, u[:, c, i, j])
+            bits.sub_(logp / LOG2)
+            return v
+
+        return self.walk(x, start, draw, cond), bits
+
+    @torch.no_grad()
+    def walk(self, x: torch.Tensor, start: int, choose: Chooser, cond: Optional[torch.Tensor] = None,
+             on_row: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+        """The exact incremental pass: per sub-pixel, every layer runs at the current pixel only.
+
+        Rows [0, start) of x (uint8 [B, 3, H, W], changed in place) are known; for every later
+        sub-pixel, in raster order and R, G, B within a pixel, `choose(c, i, j, logits)` gets that
+        sub-pixel's logits [B, 256] (model dtype) and returns its values [B] (long, 0..255), which are
+        written into x and fed to the next steps. The rows >= start are zeroed first, so the pass
+        never depends on what they held: sampling, encoding (choose returns the known values) and
+        decoding (choose reads them from the coder) run the same computation on the same inputs, and
+        for the same batch they see bit-identical logits. `on_row(i)` is called after each row.
+
+        A pixel is run once per colour (later colours are hidden by the masks, so the value of colour
+        c is right once colours < c are filled) and once more after its last colour to commit the
+        final states; known rows are run once per pixel.
         """
         b, _, hh, ww = x.shape
+        x[:, :, start:] = 0
         dt = self.param_dtype
         k = self.input_conv.kernel_size[0]
         p = k // 2
@@ -190,17 +256,19 @@ class PixelRNNBase(nn.Module):
         w_in = self.input_conv.masked_weight()[:, :, : p + 1].flatten(1)
         conv1, conv2 = self.output[1], self.output[3]
         w1, w2 = conv1.masked_weight().flatten(1), conv2.masked_weight().flatten(1)
+        skips = self.skip_connections
+        w_skip = skips.masked_weight() if skips is not None else None
         caches = [layer.init_cache(b, hh, ww, cond) for layer in self.layers]
-        bits = torch.zeros(b, dtype=torch.float64, device=x.device)
 
-        def run_pixel(i: int, j: int) -> torch.Tensor:
+        def run_pixel(i: int, j: int, head: bool = True) -> Optional[torch.Tensor]:
             v = F.linear(xin[:, :, i:i + p + 1, j:j + k].flatten(1), w_in, self.input_conv.bias)
-            total = 0
+            outs = []
             for layer, cache in zip(self.layers, caches):
                 v = layer.step(cache, v, i, j)
-                if self.skip:
-                    total = total + v
-            return total if self.skip else v
+                outs.append(v)
+            if not head:
+                return None
+            return F.linear(torch.cat(outs, 1), w_skip, skips.bias) if skips is not None else v
 
         for i in range(hh):
             for j in range(ww):
@@ -208,14 +276,15 @@ class PixelRNNBase(nn.Module):
                     for c in range(3):
                         hid = F.relu(F.linear(F.relu(run_pixel(i, j)), w1, conv1.bias))
                         rows = slice(256 * c, 256 * (c + 1))  # only colour c's logits are needed
-                        v, logp = pick(F.linear(hid, w2[rows], conv2.bias[rows]), u[:, c, i, j])
+                        v = choose(c, i, j, F.linear(hid, w2[rows], conv2.bias[rows]))
                         x[:, c, i, j] = v.to(torch.uint8)
                         xin[:, c, i + p, j + p] = scale_input(v, dt)
-                        bits -= logp / LOG2
-                run_pixel(i, j)  # commit the states of the finished pixel
+                run_pixel(i, j, head=False)  # commit the states of the finished pixel
             for layer, cache in zip(self.layers, caches):
                 layer.end_row(cache, i)
-        return x, bits
+            if on_row is not None:
+                on_row(i)
+        return x
 
 
 class LayerCacheMixin:

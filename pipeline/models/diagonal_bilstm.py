@@ -182,5 +182,4 @@ class DiagonalBiLSTM(PixelRNNBase):
 
     def __init__(self, cfg: DiagonalBiLSTMConfig):
         super().__init__(cfg)
-        self.layers = nn.ModuleList(DiagonalBiLSTMLayer(cfg.hidden, cfg.residual, cfg.cond_maps)
-                                    for _ in range(cfg.layers))
+        self.set_layers(DiagonalBiLSTMLayer(cfg.hidden, cfg.residual, cfg.cond_maps) for _ in range(cfg.layers))

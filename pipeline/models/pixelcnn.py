@@ -68,5 +68,4 @@ class PixelCNN(PixelRNNBase):
 
     def __init__(self, cfg: PixelCNNConfig):
         super().__init__(cfg)
-        self.layers = nn.ModuleList(ResidualBlock(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps)
-                                    for _ in range(cfg.layers))
+        self.set_layers(ResidualBlock(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps) for _ in range(cfg.layers))

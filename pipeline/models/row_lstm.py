@@ -94,5 +94,4 @@ class RowLSTM(PixelRNNBase):
 
     def __init__(self, cfg: RowLSTMConfig):
         super().__init__(cfg)
-        self.layers = nn.ModuleList(RowLSTMLayer(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps)
-                                    for _ in range(cfg.layers))
+        self.set_layers(RowLSTMLayer(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps) for _ in range(cfg.layers))

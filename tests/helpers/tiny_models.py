@@ -6,6 +6,7 @@ from typing import Callable
 import torch
 
 from pipeline.models import build_model
+from pipeline.models.base import SkipConnections
 
 ARCHS = ["pixelcnn", "row_lstm", "diagonal_bilstm"]
 ALL = ARCHS + ["multiscale"]
@@ -13,9 +14,17 @@ TINY = dict(image_size=6, layers=2, hidden=8, out_maps=32)
 
 
 def tiny(name: str, seed: int = 0, **kw) -> torch.nn.Module:
-    """A tiny float64 model in eval mode (deterministic init)."""
+    """A tiny float64 model in eval mode (deterministic init). The learnable skip connections start
+    as the identity (a plain sum); they are randomised here so that every test also checks that both
+    paths use them and that their mask keeps causality."""
     torch.manual_seed(seed)
-    return build_model(name, **{**TINY, **kw}).double().eval()
+    m = build_model(name, **{**TINY, **kw}).double().eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, SkipConnections):
+                mod.weight.add_(torch.randn_like(mod.weight) * 0.3)
+                mod.bias.normal_(0.0, 0.05)
+    return m
 
 
 def perturb_each_subpixel(x: torch.Tensor) -> torch.Tensor:

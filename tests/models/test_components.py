@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers import ALL, tiny
+from helpers import ALL, ARCHS, tiny
 from pipeline.models import MODELS, build_model, count_parameters
 from pipeline.models.__main__ import main as cli_main
 from pipeline.models.base import lstm_cell
@@ -97,16 +97,17 @@ def test_equal_logits_give_8_bits(name):
 
 def test_parameter_counts_by_hand():
     # Common: input 7x7 conv 3 -> 2h=8: 3*8*49 + 8 = 1184; head 8 -> 8 (1x1): 64 + 8 = 72;
-    # 8 -> 768 logits: 8*768 + 768 = 6912. Total common = 8168.
-    common = 1184 + 72 + 6912
+    # 8 -> 768 logits: 8*768 + 768 = 6912; learnable skip connections, one 1x1 2h -> 2h per layer:
+    # 64 + 8 = 72. Total common (1 layer) = 8240.
+    common = 1184 + 72 + 6912 + 72
     kw = dict(image_size=6, layers=1, hidden=4, out_maps=8)
     # PixelCNN block: 1x1 8->4 (32+4) + 3x3 4->4 (144+4) + 1x1 4->8 (32+8) = 224
-    assert count_parameters(build_model("pixelcnn", **kw)) == common + 224 == 8392
+    assert count_parameters(build_model("pixelcnn", **kw)) == common + 224 == 8464
     # Row LSTM: i-s 1x3 8->16 (384+16) + s-s 3-wide 4->16 (192) + h0, c0 (8) + 1x1 4->8 (40) = 640
-    assert count_parameters(build_model("row_lstm", **kw)) == common + 640 == 8808
+    assert count_parameters(build_model("row_lstm", **kw)) == common + 640 == 8880
     # Diagonal BiLSTM: i-s 1x1 8->32 (256+32) + s-s 2 dirs x 2x1 4->16 (256) + h0, c0 2x4 each (16)
     # + 1x1 4->8 (40) = 600
-    assert count_parameters(build_model("diagonal_bilstm", **kw)) == common + 600 == 8768
+    assert count_parameters(build_model("diagonal_bilstm", **kw)) == common + 600 == 8840
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -152,9 +153,9 @@ def test_registry_and_cli(tmp_path, capsys):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("model:\n  name: pixelcnn\n  image_size: 6\n  layers: 1\n  hidden: 4\n  out_maps: 8\n")
     cli_main(["--summary", str(cfg)])
-    assert "8,392 parameters" in capsys.readouterr().out
+    assert "8,464 parameters" in capsys.readouterr().out
     cli_main(["--summary", "row_lstm"])
-    assert "row_lstm: 8,571,648 parameters" in capsys.readouterr().out
+    assert "row_lstm: 9,358,336 parameters" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -184,3 +185,25 @@ def test_bench_flop_counts_match_torch_counter():
         with FlopCounterMode(display=False) as counter:
             m(torch.randint(0, 256, (1, 3, 6, 6)))
         assert counter.get_total_flops() == count(6, 2, 8, out_maps=32), name
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_skip_connections_learnable_and_start_as_plain_sum(name):
+    """Section 3.4's learnable skip connections: initialised to the fixed sum (weight 1), trained by
+    the loss (non-zero gradient), masked entries exactly zero in use."""
+    torch.manual_seed(0)
+    m = build_model(name, image_size=5, layers=3, hidden=6, out_maps=16).double()
+    sk = m.skip_connections
+    assert sk.weight.shape == (12, 36) and sk.weight.requires_grad and sk.bias.requires_grad
+    x = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
+    outs, v = [], m.input_conv(x.double() * (2 / 255) - 1)
+    for layer in m.layers:
+        v = layer(v)
+        outs.append(v)
+    torch.testing.assert_close(sk(outs), sum(outs), rtol=0, atol=1e-12)  # [I, I, I] at init
+    m.bits_per_dim(x).mean().backward()
+    assert sk.weight.grad.abs().sum() > 0 and sk.bias.grad.abs().sum() > 0
+    masked = sk.mask == 0
+    assert masked.any() and (sk.masked_weight()[masked] == 0).all()
+    # a blue input map never reaches a red output map of the sum
+    assert (sk.mask[:4, 8:12] == 0).all() and (sk.mask[8:, :4] == 1).all()

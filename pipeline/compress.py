@@ -1,0 +1,263 @@
+"""Lossless image compression with a trained model: `python -m pipeline.compress encode|decode|compare`.
+
+    python -m pipeline.compress encode --checkpoint runs/photos32/checkpoints --out val.prc a.png b.png ...
+    python -m pipeline.compress decode val.prc --out-dir decoded/        # [--checkpoint DIR|model.pt]
+    python -m pipeline.compress compare --checkpoint runs/photos32/checkpoints --data data/photos32
+
+The images (size x size RGB, size = the model's) are coded in chunks of --batch-size with one range-coded
+stream each (pipeline/rangecoding.py); the file format is pipeline/prc.py. `--checkpoint` takes a
+run's checkpoints folder, one tag folder or an exported model.pt; the header records its path (the
+default for decode) and the sha256 of its weights (decode refuses other weights). Probabilities are
+computed with a fixed dtype and thread count (recorded; decode uses the header's). A file's size is
+the model's code length plus a stated overhead: the header (JSON: model config, names, checksums) and,
+per chunk, the range coder's final words (at most 64 bits) and 24-bit quantisation of the probabilities.
+Exit status: 0 done, 2 refused (bad input, a corrupted or mismatched file; the message says why).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline import prc
+from pipeline.fsutil import atomic_write_bytes
+from pipeline.rangecoding import (SUPPORTED, bits_per_dim, coder_info, decode_batch, encode_batch,
+                                  rows_per_image)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CONVERTIBLE = ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr")  # 8-bit modes convert("RGB") maps exactly
+SAFE_NAME = re.compile(r"(?!\.)[^/\\\x00]{1,200}")  # a decoded image's file stem: no folders, no dot-files
+
+
+class CompressError(ValueError):
+    """Input the compressor refuses (wrong size or mode, unsupported model); the message says why."""
+
+
+def load_model(checkpoint: str, dtype: str = "float32") -> Tuple[torch.nn.Module, str]:
+    """(model in eval mode and `dtype`, sha256 of its float32 weights) from a checkpoint or model.pt."""
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.export import load_checkpoint_model
+    if not Path(checkpoint).exists():
+        raise CompressError(f"checkpoint {checkpoint} does not exist")
+    try:
+        model = load_checkpoint_model(checkpoint, "cpu").eval()
+    except (CheckpointError, KeyError, RuntimeError) as e:
+        raise CompressError(f"cannot load a model from {checkpoint}: {type(e).__name__}: {e}") from None
+    if model.config["name"] not in SUPPORTED:
+        raise CompressError(f"model {model.config['name']!r} is not supported (supported: {', '.join(SUPPORTED)})")
+    sha = prc.weights_sha256(model)  # of the float32 weights, whatever dtype the coder computes in
+    return model.to(DTYPES[dtype]), sha
+
+
+def compute_info(dtype: str, threads: int) -> Dict[str, object]:
+    """How the probabilities are computed: what both sides must share."""
+    return {"dtype": dtype, "threads": threads, "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def read_images(paths: Sequence[str], size: int, convert: bool = False) -> Tuple[torch.Tensor, List[str]]:
+    """uint8 [N, 3, size, size] and unique names; refuses other sizes, and other modes unless `convert`."""
+    images, names, seen = [], [], set()
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                mode, img = im.mode, im
+                if mode != "RGB":
+                    if not convert or mode not in CONVERTIBLE:
+                        how = (f"--convert maps {mode} to RGB" if mode in CONVERTIBLE else
+                               f"{mode} has no exact 8-bit RGB form")
+                        raise CompressError(f"{path} is {mode}, not RGB: refused ({how})")
+                    print(f"note: {path} converted from {mode} to RGB"
+                          + (" (alpha dropped)" if "A" in mode else "") + "; the decoded image is the RGB one",
+                          file=sys.stderr)
+                    img = im.convert("RGB")
+                arr = np.asarray(img)
+        except OSError as e:
+            raise CompressError(f"cannot read {path} as an image: {e}") from None
+        if arr.shape[:2] != (size, size):
+            raise CompressError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, the model codes {size}x{size} images: "
+                                f"refused (resizing would not be lossless)")
+        images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+        stem = Path(path).stem if SAFE_NAME.fullmatch(Path(path).stem) else f"image_{len(names):05d}"
+        name, k = stem, 1
+        while name in seen:
+            name, k = f"{stem}_{k}", k + 1
+        seen.add(name)
+        names.append(name)
+    if not images:
+        raise CompressError("no images given")
+    return torch.stack(images).contiguous(), names
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="image", disable=not enabled, file=sys.stderr,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, names: Optional[List[str]],
+                  checkpoint: str, batch_size: int = 64, dtype: str = "float32", threads: int = 1,
+                  progress: bool = True) -> Tuple[bytes, Dict[str, float]]:
+    """The .prc bytes of uint8 images [N, 3, n, n] and stats (ideal bits, payload bits, header bytes, s).
+    `names` (one per image) are stored for decode's file names; None stores none (image_00000, ...)."""
+    torch.set_num_threads(threads)
+    n_img, size = x.shape[0], model.image_size
+    chunks, payloads, ideal = [], [], 0.0
+    t0 = time.perf_counter()
+    with _progress(n_img, "encode", progress) as bar:
+        for start in range(0, n_img, batch_size):
+            xb = x[start:start + batch_size]
+            step = xb.shape[0] / rows_per_image(model)
+            words, bits = encode_batch(model, xb, on_row=lambda i: bar.update(step))
+            payload = words.astype("<u4").tobytes()
+            chunks.append({"images": xb.shape[0], "payload_bytes": len(payload),
+                           "payload_sha256": prc.digest(payload), "pixels_sha256": prc.pixels_sha256(xb)})
+            payloads.append(payload)
+            ideal += bits
+    seconds = time.perf_counter() - t0
+    header = {"format": "pixelrnn-prc", "coder": coder_info(), "compute": compute_info(dtype, threads),
+              "model": {"config": model.config, "weights_sha256": weights_sha, "checkpoint": checkpoint},
+              "images": {"count": n_img, "size": size, "channels": 3, "names": names},
+              "chunks": chunks}
+    data = prc.pack(header, payloads)
+    payload_bits = 8 * sum(len(p) for p in payloads)
+    return data, {"ideal_bits": ideal, "payload_bits": payload_bits, "header_bytes": len(data) - payload_bits // 8,
+                  "file_bits": 8 * len(data), "seconds": seconds, "images": n_img, "size": size}
+
+
+def check_header(header: Dict, model_sha: str, name: str) -> None:
+    """Refuse a file written by another coder version or for other weights; warn about other kernels."""
+    coder, here = header["coder"], coder_info()
+    if coder != here:
+        raise prc.PrcError(f"{name} was encoded with {coder['name']} {coder['version']} ({coder['model']}, "
+                           f"{coder['precision_bits']}-bit); this is {here['name']} {here['version']} "
+                           f"({here['model']}, {here['precision_bits']}-bit): refused, another coder version may "
+                           f"quantise the probabilities differently")
+    want = header["model"]["weights_sha256"]
+    if model_sha != want:
+        raise prc.PrcError(f"{name} was encoded with weights sha256 {want[:16]}... "
+                           f"({header['model']['checkpoint']}); the model given has {model_sha[:16]}...: refused")
+    comp, now = header["compute"], compute_info(header["compute"]["dtype"], header["compute"]["threads"])
+    for key in ("torch", "cpu_capability"):
+        if comp[key] != now[key]:
+            print(f"warning: {name} was encoded with {key} {comp[key]}, this is {now[key]}: if the kernels round "
+                  f"differently the pixel checksum will refuse the result", file=sys.stderr)
+
+
+def decode_file(data: bytes, checkpoint: Optional[str] = None, name: str = "file",
+                progress: bool = True) -> Tuple[torch.Tensor, List[str], Dict[str, float]]:
+    """(uint8 images, names, stats) of a .prc file; every checksum verified before anything is returned."""
+    header, payloads, _ = prc.unpack(data, name)
+    comp = header["compute"]
+    names = header["images"]["names"] or [f"image_{k:05d}" for k in range(header["images"]["count"])]
+    bad = [n for n in names if not isinstance(n, str) or not SAFE_NAME.fullmatch(n)]
+    if bad or len(set(names)) != len(names):
+        raise prc.PrcError(f"{name}: the header's image names are not plain, distinct file names ({bad[:3]})")
+    if checkpoint is None:
+        checkpoint = header["model"]["checkpoint"]
+        print(f"note: using the checkpoint recorded in {name}: {checkpoint} (--checkpoint chooses another; "
+              f"a DeepSpeed folder is read with DeepSpeed's loader: use checkpoints you trust)", file=sys.stderr)
+    model, sha = load_model(checkpoint, comp["dtype"])
+    check_header(header, sha, name)
+    torch.set_num_threads(int(comp["threads"]))
+    out = []
+    t0 = time.perf_counter()
+    with _progress(header["images"]["count"], "decode", progress) as bar:
+        for k, (chunk, payload) in enumerate(zip(header["chunks"], payloads)):
+            n = int(chunk["images"])
+            step = n / rows_per_image(model)
+            x = decode_batch(model, np.frombuffer(payload, dtype="<u4"), n, on_row=lambda i: bar.update(step))
+            if prc.pixels_sha256(x) != chunk["pixels_sha256"]:
+                raise prc.PrcError(f"{name}: chunk {k} decoded to other pixels than were encoded (pixel sha256 "
+                                   f"mismatch): the probabilities differed from the encoder's (torch "
+                                   f"{comp['torch']}, {comp['cpu_capability']}, {comp['dtype']}, {comp['threads']} "
+                                   f"thread(s)); nothing was written")
+            out.append(x)
+    seconds = time.perf_counter() - t0
+    return torch.cat(out), list(names), {"seconds": seconds}
+
+
+def write_pngs(x: torch.Tensor, names: List[str], out_dir: Path) -> List[Path]:
+    """Each image as <out_dir>/<name>.png, written atomically."""
+    paths = []
+    for img, name in zip(x.permute(0, 2, 3, 1).numpy(), names):
+        buf = io.BytesIO()
+        Image.fromarray(img, "RGB").save(buf, format="PNG")
+        atomic_write_bytes(out_dir / f"{name}.png", buf.getvalue())
+        paths.append(out_dir / f"{name}.png")
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("pipeline.compress", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("encode", help="images -> one .prc file")
+    e.add_argument("images", nargs="+")
+    e.add_argument("--checkpoint", required=True, help="checkpoints folder, tag folder or exported model.pt")
+    e.add_argument("--out", required=True)
+    e.add_argument("--batch-size", type=int, default=64, help="images coded together (one stream each)")
+    e.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    e.add_argument("--threads", type=int, default=1, help="torch threads (recorded; decode uses the same)")
+    e.add_argument("--convert", action="store_true", help="convert L/P/RGBA/... images to RGB (said per image)")
+    e.add_argument("--no-progress", action="store_true")
+    d = sub.add_parser("decode", help="a .prc file -> PNG images")
+    d.add_argument("file")
+    d.add_argument("--out-dir", required=True)
+    d.add_argument("--checkpoint", help="default: the path recorded in the file (its weights are checked)")
+    d.add_argument("--no-progress", action="store_true")
+    c = sub.add_parser("compare", help="bits/dim table: PNG, WebP lossless, this coder, the model")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--data", required=True, help="shard root (data.root)")
+    c.add_argument("--split", default="val")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--out", help="keep the .prc file here (default: not kept)")
+    c.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "encode":
+            if args.batch_size < 1 or args.threads < 1:
+                raise CompressError("--batch-size and --threads must be at least 1")
+            model, sha = load_model(args.checkpoint, args.dtype)
+            x, names = read_images(args.images, model.image_size, args.convert)
+            data, s = encode_images(model, sha, x, names, str(Path(args.checkpoint).resolve()), args.batch_size,
+                                    args.dtype, args.threads, not args.no_progress)
+            atomic_write_bytes(args.out, data)
+            print(f"wrote {args.out}: {s['images']} images, {len(data)} bytes = "
+                  f"{bits_per_dim(s['file_bits'], s['images'], s['size']):.4f} bits/dim (model: "
+                  f"{bits_per_dim(s['ideal_bits'], s['images'], s['size']):.4f}; header {s['header_bytes']} bytes), "
+                  f"{s['images'] / s['seconds']:.2f} images/s")
+        elif args.command == "decode":
+            data = Path(args.file).read_bytes()
+            x, names, s = decode_file(data, args.checkpoint, args.file, not args.no_progress)
+            write_pngs(x, names, Path(args.out_dir))
+            print(f"decoded {len(names)} images into {args.out_dir} (pixel checksums verified), "
+                  f"{len(names) / s['seconds']:.2f} images/s")
+        else:
+            from pipeline.compare import compare
+            print(compare(args.checkpoint, args.data, args.split, args.batch_size, args.threads, args.out,
+                          not args.no_progress))
+    except (CompressError, prc.PrcError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Lossless compression with the model (`python -m pipeline.compress`): exact round trips, the size bound,
+and clear refusals of corrupted, truncated or mismatched files and of images of another size or mode.
+Tiny randomly initialised models: exactness does not depend on training."""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import prc
+from pipeline.compress import CompressError, decode_file, encode_images, load_model, main, read_images
+from pipeline.models import build_model
+
+torch.set_num_threads(1)
+SIZE = 8
+TINY = dict(image_size=SIZE, layers=2, hidden=8, out_maps=32)
+
+
+def export(path: Path, name: str = "diagonal_bilstm", seed: int = 0) -> str:
+    """A tiny model written as `pipeline.export` writes model.pt."""
+    torch.manual_seed(seed)
+    m = build_model(name, **TINY)
+    torch.save({"config": m.config, "state_dict": m.state_dict()}, path)
+    return str(path)
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    """Smooth images plus noise: not uniform, so a model's probabilities vary from sub-pixel to sub-pixel."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 200, SIZE)
+    base = ramp[None, None, :, None] + ramp[None, None, None, :] * torch.rand(n, 3, 1, 1, generator=g)
+    return (base + torch.randint(0, 40, (n, 3, SIZE, SIZE), generator=g)).clamp(0, 255).to(torch.uint8)
+
+
+def encode(ckpt: str, x: torch.Tensor, batch_size: int = 3, **kw):
+    model, sha = load_model(ckpt)
+    return encode_images(model, sha, x, [f"im{k}" for k in range(len(x))], ckpt, batch_size, progress=False, **kw)
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "row_lstm", "diagonal_bilstm", "multiscale"])
+def test_round_trip_is_exact(tmp_path, name):
+    ckpt = export(tmp_path / "model.pt", name)
+    x = images(5)
+    data, stats = encode(ckpt, x)  # chunks of 3 and 2 images: both batch sizes decode exactly
+    y, names, _ = decode_file(data, ckpt, progress=False)
+    assert y.dtype == torch.uint8 and torch.equal(x, y) and names == [f"im{k}" for k in range(5)]
+    header, payloads, _ = prc.unpack(data)
+    assert [c["images"] for c in header["chunks"]] == [3, 2]
+    assert header["coder"]["precision_bits"] == 24 and header["coder"]["model"].endswith("(perfect=False)")
+
+
+def test_file_size_is_bits_per_dim_plus_stated_overhead(tmp_path):
+    """total file bits <= 1.01 x (sum of -log2 p over every sub-pixel) + header bytes x 8."""
+    ckpt = export(tmp_path / "model.pt", "row_lstm")
+    x = images(8, seed=1)
+    data, s = encode(ckpt, x, batch_size=8)
+    header, payloads, header_bytes = prc.unpack(data)
+    payload_bits = 8 * sum(len(p) for p in payloads)
+    assert 8 * len(data) == payload_bits + 8 * header_bytes
+    assert s["ideal_bits"] > 5000  # a real amount of information, not a degenerate case
+    assert 8 * len(data) <= 1.01 * s["ideal_bits"] + 8 * header_bytes
+    # and no less than the model's code length (a trained model can go below it where constriction's
+    # 2^-24 floor lifts a tinier probability; this random one has none that small)
+    assert payload_bits >= s["ideal_bits"] - 64
+    # the same sum, from the whole-image forward pass (float32, other kernels): close, not bitwise
+    model, _ = load_model(ckpt)
+    forward_bits = (model.bits_per_dim(x).double() * 3 * SIZE * SIZE).sum().item()
+    assert abs(forward_bits - s["ideal_bits"]) < 1e-3 * s["ideal_bits"]
+
+
+def test_cli_round_trip_with_model_pt_and_recorded_checkpoint(tmp_path, capsys):
+    ckpt = export(tmp_path / "model.pt")
+    x = images(4, seed=2)
+    paths = []
+    for k, img in enumerate(x.permute(0, 2, 3, 1).numpy()):
+        paths.append(str(tmp_path / f"photo{k}.png"))
+        Image.fromarray(img).save(paths[-1])
+    out = tmp_path / "a.prc"
+    assert main(["encode", "--checkpoint", ckpt, "--out", str(out), "--no-progress", *paths]) == 0
+    assert "bits/dim" in capsys.readouterr().out
+    assert main(["decode", str(out), "--out-dir", str(tmp_path / "dec"), "--no-progress"]) == 0  # path from header
+    for k, p in enumerate(paths):
+        decoded = np.asarray(Image.open(tmp_path / "dec" / f"photo{k}.png"))
+        assert np.array_equal(decoded, np.asarray(Image.open(p)))
+
+
+def test_other_weights_are_refused(tmp_path):
+    a, b = export(tmp_path / "a.pt", seed=0), export(tmp_path / "b.pt", seed=1)
+    data, _ = encode(a, images(2))
+    with pytest.raises(prc.PrcError, match="weights sha256 .* refused"):
+        decode_file(data, b, progress=False)
+
+
+def _repack(data: bytes, edit) -> bytes:
+    header, payloads, _ = prc.unpack(data)
+    edit(header)
+    return prc.pack(header, payloads)
+
+
+def test_other_coder_version_is_refused(tmp_path):
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(2))
+    other = _repack(data, lambda h: h["coder"].update(version="0.4.2"))
+    with pytest.raises(prc.PrcError, match="constriction 0.4.2 .* refused"):
+        decode_file(other, ckpt, progress=False)
+
+
+def test_image_names_from_the_file_cannot_leave_the_output_folder(tmp_path):
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(2))
+    for names in (["../evil", "ok"], ["a/b", "ok"], [".profile", "ok"], ["same", "same"]):
+        bad = _repack(data, lambda h: h["images"].update(names=names))
+        with pytest.raises(prc.PrcError, match="not plain, distinct file names"):
+            decode_file(bad, ckpt, progress=False)
+
+
+def test_different_probabilities_are_caught_by_the_pixel_checksum(tmp_path):
+    """A decoder whose probabilities differ from the encoder's (here: float64 instead of float32, as
+    another machine's kernels might round) decodes other pixels; the checksum refuses them."""
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(3))
+    other = _repack(data, lambda h: h["compute"].update(dtype="float64"))
+    with pytest.raises(prc.PrcError, match="chunk 0 decoded to other pixels .* nothing was written"):
+        decode_file(other, ckpt, progress=False)
+
+
+def test_corrupted_and_truncated_files_fail_clearly(tmp_path, capsys):
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(4))
+    _, payloads, header_bytes = prc.unpack(data)
+    cases = {
+        "payload of chunk 1 .* is corrupted": data[:-3] + bytes([data[-3] ^ 0x01]) + data[-2:],
+        "payload of chunk 0 .* is corrupted": data[:header_bytes + 5] + bytes([data[header_bytes + 5] ^ 0x80])
+        + data[header_bytes + 6:],
+        "header is corrupted": data[:20] + bytes([data[20] ^ 0x04]) + data[21:],
+        "truncated: header \\+ payloads": data[:-1],
+        "truncated: its header needs": data[:header_bytes - 1],
+        "truncated: 3 bytes": data[:3],
+        "longer than its header says": data + b"\0",
+        "not a .prc file": b"\x89PNG" + data[4:],
+    }
+    for message, bad in cases.items():
+        with pytest.raises(prc.PrcError, match=message):
+            decode_file(bad, ckpt, progress=False)
+    bad_file = tmp_path / "bad.prc"
+    bad_file.write_bytes(data[:-7])
+    out_dir = tmp_path / "never"
+    assert main(["decode", str(bad_file), "--out-dir", str(out_dir), "--checkpoint", ckpt]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "truncated" in err and "Traceback" not in err
+    assert not out_dir.exists()  # nothing written
+
+
+def test_a_header_without_the_decoders_fields_is_refused(tmp_path):
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(3))
+    for edit, what in ((lambda h: h.pop("compute"), "compute.dtype"),
+                       (lambda h: h["chunks"][0].pop("pixels_sha256"), "chunks\\[\\].pixels_sha256"),
+                       (lambda h: h["images"].update(count=4), "add up to images.count")):
+        with pytest.raises(prc.PrcError, match=f"the header lacks .*{what}"):
+            decode_file(_repack(data, edit), ckpt, progress=False)
+
+
+def test_version_and_magic_prefix(tmp_path):
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(1))
+    assert data[:4] == prc.MAGIC and data[4] == prc.FORMAT_VERSION
+    (n,) = struct.unpack_from("<I", data, 5)
+    body = data[9:9 + n]
+    assert json.loads(zlib.decompress(body))["images"]["count"] == 1
+    assert struct.unpack_from("<I", data, 9 + n)[0] == zlib.crc32(body)
+    with pytest.raises(prc.PrcError, match="format version 9"):
+        decode_file(data[:4] + bytes([9]) + data[5:], ckpt, progress=False)
+
+
+def test_wrong_size_or_mode_refused_or_converted_and_said(tmp_path, capsys):
+    ckpt = export(tmp_path / "model.pt")
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((SIZE + 1, SIZE, 3), np.uint8)).save(big)
+    with pytest.raises(CompressError, match=f"big.png is {SIZE}x{SIZE + 1}, the model codes {SIZE}x{SIZE}"):
+        read_images([str(big)], SIZE)
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.arange(SIZE * SIZE, dtype=np.uint8).reshape(SIZE, SIZE) * 3, "L").save(gray)
+    with pytest.raises(CompressError, match="gray.png is L, not RGB: refused \\(--convert"):
+        read_images([str(gray)], SIZE)
+    out = tmp_path / "g.prc"
+    assert main(["encode", "--checkpoint", ckpt, "--out", str(out), "--convert", "--no-progress", str(gray)]) == 0
+    assert "gray.png converted from L to RGB" in capsys.readouterr().err
+    assert main(["decode", str(out), "--out-dir", str(tmp_path / "d"), "--no-progress"]) == 0
+    decoded = np.asarray(Image.open(tmp_path / "d" / "gray.png"))
+    assert np.array_equal(decoded, np.asarray(Image.open(gray).convert("RGB")))
+    assert main(["encode", "--checkpoint", ckpt, "--out", str(tmp_path / "x.prc"), str(big)]) == 2
+    assert "refused (resizing would not be lossless)" in capsys.readouterr().err
+    assert not (tmp_path / "x.prc").exists()
+
+
+def test_compare_prints_the_table_from_one_real_round_trip(tmp_path, smoke_data, capsys):
+    """`compare` on a shard split: PNG, WebP, the .prc file, its payload and the model, one table."""
+    ckpt = export(tmp_path / "model.pt", "row_lstm")
+    assert main(["compare", "--checkpoint", ckpt, "--data", str(smoke_data), "--batch-size", "32",
+                 "--out", str(tmp_path / "val.prc"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| codec")}
+    assert set(rows) == {"PNG (Pillow, optimize=True)", "WebP lossless (Pillow, method 6)",
+                         ".prc file, this coder (64 images in one file, header included)",
+                         "range-coded payload alone", "model: sum of -log2 p (incremental pass, float32)",
+                         "model: bits/dim of the whole-image forward (as validation)"}
+    assert "round trip exact: yes (64 images)" in out
+    file_bpd = rows[".prc file, this coder (64 images in one file, header included)"]
+    assert (tmp_path / "val.prc").stat().st_size * 8 / (64 * 3 * 8 * 8) == pytest.approx(file_bpd, abs=1e-4)
+    assert abs(rows["model: sum of -log2 p (incremental pass, float32)"]
+               - rows["model: bits/dim of the whole-image forward (as validation)"]) < 1e-3
