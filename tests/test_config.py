@@ -99,6 +99,8 @@ def test_model_section_is_the_typed_config_of_the_named_architecture():
 
 def test_misspelt_model_key_is_refused_at_load_time():
     """Defect: `model.extra` was a free dict, so `model.extra.residul=false` only failed inside the job."""
+    with pytest.raises(ConfigError, match="unknown config key 'model.extra'"):
+        load_config("smoke", ["model.extra.residul=false"])
     with pytest.raises(ConfigError, match="unknown config key 'model.residul'.*did you mean 'model.residual'"):
         load_config("smoke", ["model.residul=false"])
     with pytest.raises(ConfigError, match="'model.kernel' must be odd"):
