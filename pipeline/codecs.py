@@ -58,9 +58,8 @@ def codec_bits_per_dim(batches: Iterable[torch.Tensor], codecs: Optional[Iterabl
 
 def split_codec_bits_per_dim(root, size: int, split: str, batch_size: int = 64) -> Dict[str, float]:
     """`codec_bits_per_dim` over a whole shard split (`<root>/<size>/<split>-*.tar`)."""
-    from pipeline.data import iterate_eval, load_shard_set
-    shards = load_shard_set(root, size, split)
-    return codec_bits_per_dim(iterate_eval([p for p, _ in shards.shards], size, batch_size))
+    from pipeline.data import split_batches
+    return codec_bits_per_dim(split_batches(root, size, split, batch_size))
 
 
 def codec_baselines(root, size: int, split: str, is_main: bool, world_size: int) -> Dict[str, float]:

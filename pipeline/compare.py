@@ -19,9 +19,8 @@ from pipeline.rangecoding import bits_per_dim
 
 def split_images(root: str, size: int, split: str) -> torch.Tensor:
     """Every image of a shard split, uint8 [N, 3, size, size], in shard order."""
-    from pipeline.data import iterate_eval, load_shard_set
-    shards = load_shard_set(root, size, split)
-    return torch.cat(list(iterate_eval([p for p, _ in shards.shards], size, 256)))
+    from pipeline.data import split_batches
+    return torch.cat(list(split_batches(root, size, split, 256)))
 
 
 @torch.no_grad()

@@ -239,6 +239,13 @@ def eval_batches(shards: ShardSet, rank: int, world: int, batch_size: int,
     return [p for p, _ in mine], batches
 
 
+def split_batches(root: str | Path, size: int, split: str, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 batches of a whole split in shard order (the last may be short), on one process: what the
+    tools that look at a split outside training read (sampling, figures, codec baselines, compare)."""
+    shards = load_shard_set(root, size, split)
+    return iterate_eval([p for p, _ in shards.shards], size, batch_size)
+
+
 def iterate_eval(paths: List[Path], size: int, batch_size: int, max_batches: int = 0) -> Iterator[torch.Tensor]:
     """uint8 batches of the given shards in order (the last may be short)."""
     samples = wds.tarfile_to_samples(handler=_raising_handler)(iter({"url": str(p)} for p in paths))

@@ -25,9 +25,12 @@ from pipeline.fsutil import atomic_write_bytes
 def val_history(run_dir: Path) -> List[Tuple[int, float]]:
     """(step, val_bits_per_dim) of the run, from its MLflow store."""
     from mlflow import MlflowClient
-    cfg = from_yaml_text((run_dir / "config.yaml").read_text())
-    client = MlflowClient(tracking_uri=cfg.tracking.tracking_uri or None)
-    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+
+    from pipeline.tracking import recorded_run
+    run_id, store = recorded_run(run_dir)
+    if store is None:  # a run from before the store was recorded: the one its config names
+        store = from_yaml_text((run_dir / "config.yaml").read_text()).tracking.tracking_uri or None
+    client = MlflowClient(tracking_uri=store)
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_bits_per_dim"))
 
 
@@ -77,10 +80,9 @@ def sample_grid(run_dir: Path, path: Path, data: Optional[str], seed: int = 0) -
     with torch.no_grad():
         rows = [model.sample(16, generator=g)]
         if data:
-            from pipeline.data import iterate_eval, load_shard_set
+            from pipeline.data import split_batches
             size = model.config["image_size"]
-            shards = load_shard_set(data, size, "val")
-            x = next(iterate_eval([p for p, _ in shards.shards], size, 64))[::8][:8]
+            x = next(split_batches(data, size, "val", 64))[::8][:8]
             rows += [x, model.complete(x, known_rows=size // 2, generator=g)]
     grid = torch.cat([rows[0]] + [torch.cat(rows[1:], 0)] if data else rows)
     save_grid(grid, path, nrow=8)

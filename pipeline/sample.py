@@ -43,7 +43,7 @@ def save_grid(images: torch.Tensor, path, nrow: int = 0) -> None:
 
 
 def main(argv=None) -> int:
-    from pipeline.data import iterate_eval, load_shard_set
+    from pipeline.data import split_batches
     from pipeline.distributed import resolve_device
     from pipeline.export import load_checkpoint_model
 
@@ -62,8 +62,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         if args.complete_from:
             size = model.config["image_size"]
-            shards = load_shard_set(args.complete_from, size, args.split)
-            x = next(iterate_eval([p for p, _ in shards.shards], size, args.n))
+            x = next(split_batches(args.complete_from, size, args.split, args.n))
             done = model.complete(x, known_rows=size // 2, generator=g)
             save_grid(torch.cat([x, done.cpu()]), args.out, nrow=x.shape[0])
         else:

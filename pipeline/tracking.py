@@ -12,18 +12,27 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from pipeline.config import ExperimentConfig, flatten, to_yaml
 from pipeline.fsutil import atomic_write_text
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+RUN_ID_FILE, STORE_FILE = "mlflow_run_id", "mlflow_store"  # in <run_dir>, kept across resumes and requeues
 log = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg: ExperimentConfig) -> str:
     """Config, then $MLFLOW_TRACKING_URI, then the local SQLite store."""
     return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def recorded_run(run_dir: Path) -> Tuple[Optional[str], Optional[str]]:
+    """(MLflow run id, the store that holds it) recorded beside a run's checkpoints; None where not yet."""
+    id_file, store_file = Path(run_dir) / RUN_ID_FILE, Path(run_dir) / STORE_FILE
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    store = store_file.read_text().strip() if store_file.exists() else None
+    return run_id, store
 
 
 def run_name(cfg: ExperimentConfig) -> str:
@@ -58,20 +67,19 @@ class Tracker:
         uri = tracking_uri(cfg)
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(cfg.tracking.experiment)
-        id_file, store_file = self.run_dir / "mlflow_run_id", self.run_dir / "mlflow_store"
-        run_id = id_file.read_text().strip() if id_file.exists() else None
+        run_id, before = recorded_run(self.run_dir)
         if run_id and not self._in_store(run_id):
-            before = store_file.read_text().strip() if store_file.exists() else "another store"
             log.warning("the MLflow run %s of %s is not in the store %s (it is in %s): starting a new MLflow run "
-                        "here; the earlier metrics stay where they are", run_id, self.run_dir, uri, before)
+                        "here; the earlier metrics stay where they are", run_id, self.run_dir, uri,
+                        before or "another store")
             run_id = None
         if run_id:  # a resumed run continues its MLflow run
             run = mlflow.start_run(run_id=run_id)
         else:
             run = mlflow.start_run(run_name=run_name(cfg))
-            atomic_write_text(id_file, run.info.run_id)
+            atomic_write_text(self.run_dir / RUN_ID_FILE, run.info.run_id)
             self.created = True
-        atomic_write_text(store_file, uri)
+        atomic_write_text(self.run_dir / STORE_FILE, uri)
         self.run_id = run.info.run_id
 
     def _in_store(self, run_id: str) -> bool:

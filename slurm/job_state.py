@@ -84,20 +84,22 @@ class StateTracker:
             state = parse_scontrol(res.returncode, res.stdout)
         return state
 
-    def state(self, job_id: str) -> str:
-        """The state now, else the last one seen, else UNKNOWN."""
+    def _poll(self, job_id: str) -> str:
+        """`query`, remembering when the job was first asked about and the last state it had."""
         self.first_asked.setdefault(job_id, time.time())
         state = self.query(job_id)
         if state:
             self.last[job_id] = state
-        return state or self.last.get(job_id, "UNKNOWN")
+        return state
+
+    def state(self, job_id: str) -> str:
+        """The state now, else the last one seen, else UNKNOWN."""
+        return self._poll(job_id) or self.last.get(job_id, "UNKNOWN")
 
     def ended(self, job_id: str) -> bool:
         """The job is over: its state says so, or it left the queue, or it cannot be followed at all."""
-        self.first_asked.setdefault(job_id, time.time())
-        state = self.query(job_id)
+        state = self._poll(job_id)
         if state:
-            self.last[job_id] = state
             return head(state) not in UNFINISHED
         if job_id in self.last:
             self.say_once(f"gone {job_id}", f"job {job_id} is no longer known to SLURM (it left the queue); "

@@ -116,11 +116,10 @@ def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow
 def mlflow_run_text(run_dir: Path, store: str) -> str:
     """Which MLflow run the job will log to: the one named beside the checkpoints (kept across requeues),
     unless that run lives in another store (then the job starts a new one there and says so)."""
-    id_file, store_file = run_dir / "mlflow_run_id", run_dir / "mlflow_store"
-    if not id_file.exists():
-        return f"a new run (its id will be written to {id_file})"
-    run_id = id_file.read_text().strip()
-    before = store_file.read_text().strip() if store_file.exists() else None
+    from pipeline.tracking import RUN_ID_FILE, recorded_run
+    run_id, before = recorded_run(run_dir)
+    if run_id is None:
+        return f"a new run (its id will be written to {run_dir / RUN_ID_FILE})"
     if before is not None and before != store:
         return f"a new run: this run's MLflow run {run_id} is in another store ({before})"
     return f"run {run_id} (continued)"
