@@ -1,7 +1,7 @@
-"""Batched vs naive per-image lossless coding with the model (`pipeline.compress`), in images/s.
+"""Batched vs naive per-image lossless coding with the model (`pipeline.compression`), in images/s.
 
 Batched: all N images in one chunk, one network step per sub-pixel for the whole batch (what
-`python -m pipeline.compress` does). Naive: one image per chunk, i.e. one incremental pass per image.
+`python -m pipeline.compression` does). Naive: one image per chunk, i.e. one incremental pass per image.
 Both round-trip exactly (checked) through the real .prc format; the contenders are interleaved
 round by round and each keeps its best round. Images: validation crops of the packaged photos
 (preprocessing/photos.py, cached); model: photos32's architecture, randomly initialised unless
@@ -19,9 +19,9 @@ import argparse
 import torch
 
 from common import CACHE, REPO, best, header, interleave, result_line  # noqa: F401  (REPO: sys.path)
-from pipeline.compress import decode_file, encode_images, load_model
+from pipeline.compression.codec import decode_file, encode_images, load_model
 from pipeline.models import build_model
-from pipeline.rangecoding import bits_per_dim
+from pipeline.compression.rangecoding import bits_per_dim
 
 
 def photo_crops(size: int, n: int) -> torch.Tensor:

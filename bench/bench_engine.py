@@ -1,6 +1,6 @@
 """Engine overhead: a DeepSpeed training step vs the same model's plain PyTorch step, on CPU.
 
-One process, world size 1 (`pipeline.distributed.init_distributed`, gloo, DS_ACCELERATOR=cpu). The
+One process, world size 1 (`pipeline.train.distributed.init_distributed`, gloo, DS_ACCELERATOR=cpu). The
 DeepSpeed engines come from the real path (`pipeline.engine.initialize` with the JSON of
 `pipeline.ds_config.deepspeed_config`) and the model from `pipeline.models.build_model`: a Row LSTM
 (default 16×16, 4 layers, h=32, 256 output maps, micro-batch 16) — small enough for a CPU, big enough
@@ -47,8 +47,8 @@ def make_cfg(args, precision: str, zero: int):
 
 
 def deepspeed_step(args, precision: str, zero: int):
-    from pipeline.ds_config import deepspeed_config
-    from pipeline.engine import initialize
+    from pipeline.train.ds_config import deepspeed_config
+    from pipeline.train.engine import initialize
     cfg = make_cfg(args, precision, zero)
     engine, _ = initialize(cfg, deepspeed_config(cfg, 1))
     engine.train()
@@ -63,7 +63,8 @@ def deepspeed_step(args, precision: str, zero: int):
 
 
 def plain_step(args, precision: str):
-    from pipeline.engine import BitsPerDim, build, lr_lambda, make_optimizer
+    from pipeline.models.objective import BitsPerDim
+    from pipeline.train.engine import build, lr_lambda, make_optimizer
     cfg = make_cfg(args, precision, 0)
     torch.manual_seed(cfg.train.seed)
     objective = BitsPerDim(build(cfg))
@@ -124,7 +125,7 @@ def main() -> None:
         args.repeats = 8
     torch.set_num_threads(args.threads)
     header("engine overhead")
-    from pipeline.distributed import DistEnv, init_distributed, resolve_device
+    from pipeline.train.distributed import DistEnv, init_distributed, resolve_device
     resolve_device("cpu")
     init_distributed(DistEnv(0, 0, 1, "127.0.0.1", free_port()), "cpu", 600)
 

@@ -33,7 +33,8 @@ from PIL import Image
 
 from common import header, interleave, result_line, synthetic_shards
 
-from pipeline.data import TrainStream, load_shard_set, train_loader  # noqa: E402  (common set the path)
+from pipeline.data.stream import TrainStream, train_loader  # noqa: E402  (common set the path)
+from pipeline.data.shards import load_shard_set
 
 TARGET = 0.8
 

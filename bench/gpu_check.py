@@ -10,7 +10,7 @@ compile:
 
 1. environment (GPU, torch / CUDA / DeepSpeed, commit) and the dense bf16/fp16/tf32 matmul rate, the
    denominator of the model FLOP utilisation (MFU); the training loop's collectives on NCCL
-   (`pipeline.distributed.agree`, `pipeline.evaluate`);
+   (`pipeline.train.distributed.agree`, `pipeline.train.evaluate`);
 2. for each model, FLOPs per image (torch's FlopCounterMode) and training throughput + peak memory
    through the real path (`pipeline.engine.initialize`, ZeRO-2, world size 1) in bf16, bf16 with
    `train.compile=cell` (the fused LSTM cell) and fp16: the 12-layer Diagonal BiLSTM (h=128) at 64x64,
@@ -185,7 +185,7 @@ def main() -> int:
     if args.quick or smoke:
         args.steps, args.stability_steps = 2, (6 if smoke else 20)
 
-    from pipeline.distributed import DistEnv, init_distributed, resolve_device
+    from pipeline.train.distributed import DistEnv, init_distributed, resolve_device
     import torch
     if not smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible (torch.cuda.is_available() is False; torch "

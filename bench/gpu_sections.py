@@ -115,7 +115,7 @@ def images(batch: int, size: int, device: str, seed: int = 0):
 def step_flops(cfg, device: str, batch: int = 2) -> float:
     """FLOPs of one forward+backward per image, counted by torch's FlopCounterMode (fp32 model)."""
     from torch.utils.flop_counter import FlopCounterMode
-    from pipeline.engine import build
+    from pipeline.train.engine import build
     model = build(cfg).to(device)
     x = images(batch, cfg.model.image_size, device)
     with FlopCounterMode(display=False) as fc:
@@ -124,8 +124,8 @@ def step_flops(cfg, device: str, batch: int = 2) -> float:
 
 
 def _engine(cfg):
-    from pipeline.ds_config import deepspeed_config
-    from pipeline.engine import initialize
+    from pipeline.train.ds_config import deepspeed_config
+    from pipeline.train.engine import initialize
     engine, model = initialize(cfg, deepspeed_config(cfg, 1))
     engine.train()
     return engine, model
@@ -178,7 +178,7 @@ def stability(cfg, device: str, steps: int, time_limit_s: float = 1e9) -> Dict[s
     """`steps` optimizer steps on fresh structured batches: non-finite losses, overflow-skipped steps,
     the fp16 loss scale every 20 steps, and whether the loss went down. Stops early (recording how
     far it got) after `time_limit_s`, so a slow GPU still reports what it measured."""
-    from pipeline.engine import loss_scale
+    from pipeline.train.engine import loss_scale
     engine, _ = _engine(cfg)
     batch = cfg.train.micro_batch_size
     losses, nonfinite, scales = [], 0, []
@@ -212,7 +212,7 @@ def layer_compile_effect(cfg, device: str, steps: int) -> Dict[str, Any]:
     """torch.compile of whole recurrent layers (the loop unrolled; long first call) vs eager,
     forward+backward of the bf16 model in plain PyTorch, measured side by side."""
     import torch
-    from pipeline.engine import build
+    from pipeline.train.engine import build
     torch.manual_seed(0)
     model = build(cfg).to(device).to(torch.bfloat16)
     x = images(cfg.train.micro_batch_size, cfg.model.image_size, device)
@@ -248,7 +248,7 @@ def cuda_graph_effect(cfg, device: str, steps: int, flops_per_image: float = 0.0
     a step's thousands of small kernels replayed from two graphs) vs eager, plain PyTorch in bf16,
     measured side by side on the same model. How much of a recurrent step is kernel-launch overhead."""
     import torch
-    from pipeline.engine import build
+    from pipeline.train.engine import build
     from pipeline.models.base import nll_bits
     torch.manual_seed(0)
     model = build(cfg).to(device).to(torch.bfloat16)
@@ -291,7 +291,7 @@ def cuda_graph_effect(cfg, device: str, steps: int, flops_per_image: float = 0.0
 def synthetic_shards(tmp: str, size: int, images_total: int, classes: int, shard_size: int):
     """A train ShardSet that `preprocessing` builds under tmp from generated images, at one size."""
     import preprocessing
-    from pipeline.data import load_shard_set
+    from pipeline.data.shards import load_shard_set
     preprocessing.make_synthetic(Path(tmp) / "img", num_images=images_total, classes=classes, seed=0)
     preprocessing.build(Path(tmp) / "img", "train", [size], Path(tmp) / "shards", shard_size=shard_size,
                         workers=max(1, min(16, (os.cpu_count() or 2) - 1)), progress=False)
@@ -300,13 +300,13 @@ def synthetic_shards(tmp: str, size: int, images_total: int, classes: int, shard
 
 def training_collectives(cfg, device: str) -> Dict[str, Any]:
     """The training loop's own collectives on this device's process group (NCCL on a GPU, which reduces
-    CUDA tensors only): the per-micro-batch agreement (`pipeline.distributed.agree`) for a finite and a
-    non-finite loss, and `pipeline.evaluate` of a model over shards that `preprocessing` builds here.
+    CUDA tensors only): the per-micro-batch agreement (`pipeline.train.distributed.agree`) for a finite and a
+    non-finite loss, and `pipeline.train.evaluate` of a model over shards that `preprocessing` builds here.
     (The training loop itself needs MLflow, which the GPU image lacks; these are its collectives.)"""
     import torch
-    from pipeline.distributed import agree
-    from pipeline.engine import build
-    from pipeline.evaluate import evaluate_bits_per_dim
+    from pipeline.train.distributed import agree
+    from pipeline.train.engine import build
+    from pipeline.train.evaluate import evaluate_bits_per_dim
     finite = agree(torch.tensor(3.0, device=device), False)
     nonfinite = agree(torch.tensor(float("nan"), device=device), True)
     if finite != (False, 3.0, False) or nonfinite != (True, 0.0, True):
@@ -325,7 +325,7 @@ def training_collectives(cfg, device: str) -> Dict[str, Any]:
 def loader_rate(cfg, images_total: int, batches: int) -> Dict[str, Any]:
     """images/s of the training loader (TrainStream + train_loader, the config's data.num_workers)
     on shards that `preprocessing` builds here from generated images, at the config's image size."""
-    from pipeline.data import TrainStream, train_loader
+    from pipeline.data.stream import TrainStream, train_loader
     size, batch = cfg.model.image_size, cfg.train.micro_batch_size
     workers = cfg.data.num_workers
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from pipeline.config import ConfigError, ExperimentConfig
-from pipeline.distributed import MASTER_PORT_BASE, MASTER_PORT_SPAN
+from pipeline.train.distributed import MASTER_PORT_BASE, MASTER_PORT_SPAN
 
 # The job's rendezvous, exported by the sbatch script itself (before srun starts the tasks, which inherit
 # it), so that `--dry-run` shows exactly what every task uses: the first node of the allocation, and a port
-# derived from the job id (the same on every node and across requeues; pipeline.distributed.master_port
+# derived from the job id (the same on every node and across requeues; pipeline.train.distributed.master_port
 # computes the same when a task is started without it). SLURM_JOB_ID is SLURM's, never user input.
 RENDEZVOUS_SETUP = [
     'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',

@@ -64,7 +64,7 @@ class Trainer(submitit.helpers.Checkpointable):
         if self.cfg.slurm.cpus_per_task:
             os.environ.setdefault("OMP_NUM_THREADS", str(self.cfg.slurm.cpus_per_task))
         import torch
-        from pipeline.train import StopFlag, StopRequested, train
+        from pipeline.train.trainer import StopFlag, StopRequested, train
 
         if "OMP_NUM_THREADS" in os.environ:
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -23,7 +23,7 @@ if __name__ == "__main__" and not __package__:  # `python slurm/submit.py`: a sc
 
 from pipeline.config import (ConfigError, ExperimentConfig, check_data_paths, get_args_parser,  # noqa: E402
                              load_config, to_yaml)
-from pipeline.config_files import list_experiments  # noqa: E402
+from pipeline.config.files import list_experiments  # noqa: E402
 from slurm import jobs  # noqa: E402
 from slurm.executors import make_executor, sbatch_script, slurm_available  # noqa: E402
 
@@ -67,7 +67,7 @@ def absolutize(cfg: ExperimentConfig) -> None:
     """Jobs may start in another directory: pin paths and the MLflow store to absolute ones now."""
     cfg.output_dir = str(cfg.run_dir.resolve())
     cfg.data.root = str(Path(cfg.data.root).resolve())
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking.tracker import tracking_uri
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
@@ -116,7 +116,7 @@ def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow
 def mlflow_run_text(run_dir: Path, store: str) -> str:
     """Which MLflow run the job will log to: the one named beside the checkpoints (kept across requeues),
     unless that run lives in another store (then the job starts a new one there and says so)."""
-    from pipeline.tracking import RUN_ID_FILE, recorded_run
+    from pipeline.tracking.tracker import RUN_ID_FILE, recorded_run
     run_id, before = recorded_run(run_dir)
     if run_id is None:
         return f"a new run (its id will be written to {run_dir / RUN_ID_FILE})"
@@ -148,7 +148,7 @@ def report_training(job, cfg: ExperimentConfig) -> int:
 def already_complete(cfg: ExperimentConfig) -> Optional[str]:
     """What to say instead of submitting a run that has already reached train.max_steps (the job would
     only load its last checkpoint and evaluate it again)."""
-    from pipeline.checkpoint import CheckpointError, latest_step
+    from pipeline.train.checkpoint import CheckpointError, latest_step
     if not cfg.checkpoint.resume:
         return None
     try:

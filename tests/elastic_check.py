@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-from pipeline import checkpoint as ckpt
+from pipeline.train import checkpoint as ckpt
 from pipeline.config import load_config
-from pipeline.distributed import dist_env, init_distributed, resolve_device
-from pipeline.ds_config import deepspeed_config
-from pipeline.engine import initialize
-from pipeline.export import consolidated_state
+from pipeline.train.distributed import dist_env, init_distributed, resolve_device
+from pipeline.train.ds_config import deepspeed_config
+from pipeline.train.engine import initialize
+from pipeline.train.weights import consolidated_state
 
 
 def main() -> None:

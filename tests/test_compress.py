@@ -1,4 +1,4 @@
-"""Lossless compression with the model (`python -m pipeline.compress`): exact round trips, the size bound,
+"""Lossless compression with the model (`python -m pipeline.compression`): exact round trips, the size bound,
 and clear refusals of corrupted, truncated or mismatched files and of images of another size or mode.
 Tiny randomly initialised models: exactness does not depend on training."""
 from __future__ import annotations
@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import prc
-from pipeline.compress import CompressError, decode_file, encode_images, load_model, main, read_images
+from pipeline.compression import prc
+from pipeline.compression.codec import CompressError, decode_file, encode_images, load_model, read_images
+from pipeline.compression.__main__ import main
 from pipeline.models import build_model
 
 torch.set_num_threads(1)
@@ -23,7 +24,7 @@ TINY = dict(image_size=SIZE, layers=2, hidden=8, out_maps=32)
 
 
 def export(path: Path, name: str = "diagonal_bilstm", seed: int = 0) -> str:
-    """A tiny model written as `pipeline.export` writes model.pt."""
+    """A tiny model written as `pipeline.tools.export` writes model.pt."""
     torch.manual_seed(seed)
     m = build_model(name, **TINY)
     torch.save({"config": m.config, "state_dict": m.state_dict()}, path)

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import (EXPERIMENTS_DIR, ConfigError, check_data_paths, config_layers, flatten,
                              from_yaml_text, load_config, to_yaml)
-from pipeline.ds_config import deepspeed_config
+from pipeline.train.ds_config import deepspeed_config
 
 from helpers import REPO
 

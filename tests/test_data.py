@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from pipeline.data import ShardError, TrainStream, eval_batches, iterate_eval, load_shard_set, train_loader
+from pipeline.data.shards import ShardError, eval_batches, iterate_eval, load_shard_set
+from pipeline.data.stream import TrainStream, train_loader
 
 
 def stream(data, rank=0, world=2, workers=2, seed=0, micro=8, **kw):

@@ -1,12 +1,12 @@
-"""pipeline.distributed: the device a task uses, and the per-micro-batch agreement of the ranks."""
+"""pipeline.train.distributed: the device a task uses, and the per-micro-batch agreement of the ranks."""
 import math
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from pipeline.data import to_device
-from pipeline.distributed import agree, cuda_index, resolve_device
+from pipeline.data.stream import to_device
+from pipeline.train.distributed import agree, cuda_index, resolve_device
 
 
 def test_cuda_index_all_gpus_visible_or_one_per_task():

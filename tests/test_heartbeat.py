@@ -1,4 +1,4 @@
-"""pipeline/heartbeat.py with real processes: ranks that beat into one folder, one of them SIGKILLed, one
+"""pipeline/train/heartbeat.py with real processes: ranks that beat into one folder, one of them SIGKILLed, one
 that ends with an error, one from another launch; the survivor's verdict names each rightly. (Through real
 training on two SLURM nodes: tests/test_multinode.py; on 2 ranks without SLURM: tests/faults/.)"""
 from __future__ import annotations
@@ -9,13 +9,13 @@ import subprocess
 import sys
 import time
 
-from pipeline.heartbeat import describe, find_lost, launch_id, read_ranks
+from pipeline.train.heartbeat import describe, find_lost, launch_id, read_ranks
 
 INTERVAL_S = 0.2
 # One fake rank: beats every INTERVAL_S; "fail" ends with an error after a few beats; otherwise beats on.
 RANK = """
 import sys, time
-from pipeline.heartbeat import Heartbeat
+from pipeline.train.heartbeat import Heartbeat
 hb = Heartbeat(sys.argv[1], int(sys.argv[2]), {interval}).start()
 hb.set_step(int(sys.argv[2]) + 10)
 if sys.argv[3] == "fail":
@@ -59,7 +59,7 @@ def test_a_killed_rank_is_named_with_its_node_and_the_others_are_not(tmp_path, m
     assert text.startswith("lost rank 3 on node node2 (its heartbeat stopped"), text
     assert "ranks 5, 6 never wrote a heartbeat in this launch" in text
     assert "rank 4 on node node3 failed: ShardError" in text
-    table = subprocess.run([sys.executable, "-m", "pipeline.heartbeat", str(tmp_path)], capture_output=True,
+    table = subprocess.run([sys.executable, "-m", "pipeline.tools.heartbeat", str(tmp_path)], capture_output=True,
                            text=True, check=True).stdout.splitlines()
     assert len(table) == 5 and table[2].startswith("rank    3  node node2") and " running " in table[2]
     assert " failed " in table[3] and table[3].endswith("ShardError: bad shard train-000003.tar")

@@ -7,7 +7,7 @@ with `python slurm/submit.py ... --follow` as a user would (no mocks):
      nodes in the same MLflow run and ends with the uninterrupted run's validation bits/dim; one ZeRO
      optimizer shard per rank; validation counts each sample once.
   4. + 5. node loss: node2's tasks are SIGKILLed mid-run; the survivors fail naming node2 and ranks 2, 3
-     (pipeline/heartbeat.py), the job ends FAILED, checkpoints are intact; the same run resubmitted with
+     (pipeline/train/heartbeat.py), the job ends FAILED, checkpoints are intact; the same run resubmitted with
      --nodes 1 resumes from the 4-rank checkpoint through the universal-checkpoint path and trains on.
   6. the preprocessing job array over both nodes: tests/test_slurm_preprocess.py.
 
@@ -29,13 +29,13 @@ from helpers import hex_losses, metrics, train_2ranks
 from helpers import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job, scontrol_job,
                            start, submit_cmd, task_pids, wait)
 
-from pipeline.checkpoint import latest_tag, read_meta
+from pipeline.train.checkpoint import latest_tag, read_meta
 
 DIST_TIMEOUT_S = 60  # also bounds the rendezvous of 4 ranks starting on 2 busy cores
 
 
 def _rank_nodes(run: Path) -> dict:
-    """rank -> node, from the heartbeat files the ranks wrote (pipeline/heartbeat.py)."""
+    """rank -> node, from the heartbeat files the ranks wrote (pipeline/train/heartbeat.py)."""
     infos = [json.loads(p.read_text()) for p in sorted((run / "ranks").glob("rank*.json"))]
     return {i["rank"]: i["node"] for i in infos}
 

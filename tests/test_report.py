@@ -1,4 +1,4 @@
-"""`python -m pipeline.report`: best runs per model beside the published bits/dim, grouped by the data
+"""`python -m pipeline.tracking.report`: best runs per model beside the published bits/dim, grouped by the data
 they ran on, with a plot, logged as a `report` run; plus what the training runs give the MLflow UI.
 
 Two real single-process smoke runs (different model and precision) make one store (`smoke_store`, shared
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from helpers import REPO, SMOKE_RUNS, make_smoke_store
-from pipeline import report
+from pipeline.tracking import report
 
 pytestmark = pytest.mark.slow  # real smoke trainings make its MLflow store
 
@@ -216,7 +216,7 @@ def test_no_runs_says_so_and_writes_nothing(fake_store, tmp_path, capsys):
 
 
 def test_cli_without_a_store(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pipeline.report", "--tracking-uri",
+    res = subprocess.run([sys.executable, "-m", "pipeline.tracking.report", "--tracking-uri",
                           f"sqlite:///{tmp_path / 'absent.db'}", "--out", str(tmp_path / "r.md")],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "No MLflow store" in res.stdout and "no runs" in res.stdout

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import iterate_eval, load_shard_set
-from pipeline.export import consolidated_state
+from pipeline.data.shards import iterate_eval, load_shard_set
+from pipeline.train.weights import consolidated_state
 
 from helpers import REPO, hex_losses, metrics, train_2ranks
 
@@ -105,7 +105,7 @@ def test_training_lowers_validation_bits_per_dim(zero2):
 def test_codec_baselines_are_logged_to_the_same_run(zero3, smoke_data):
     """tracking.codec_baselines: PNG and WebP lossless bits/dim of the validation split, in the run's summary
     (every rank's) and its MLflow metrics, equal to measuring the split directly."""
-    from pipeline.codecs import split_codec_bits_per_dim
+    from pipeline.tracking.baselines import split_codec_bits_per_dim
     base, _ = zero3
     final = json.loads((base / "c" / "final_metrics.json").read_text())
     direct = split_codec_bits_per_dim(smoke_data, 8, "val")
@@ -150,9 +150,9 @@ def test_resumed_run_continues_the_same_mlflow_run(zero2):
 def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_data, tmp_path):
     base, _ = zero3
     out = tmp_path / "model.pt"
-    subprocess.run([sys.executable, "-m", "pipeline.export", str(base / "c" / "checkpoints"), str(out)],
+    subprocess.run([sys.executable, "-m", "pipeline.tools.export", str(base / "c" / "checkpoints"), str(out)],
                    cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
-    res = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--checkpoint", str(out), "--data",
+    res = subprocess.run([sys.executable, "-m", "pipeline.tools.evaluate", "--checkpoint", str(out), "--data",
                           str(smoke_data), "--batch-size", "8"],
                          cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
     evaluated = json.loads(res.stdout.strip().splitlines()[-1])["val"]
@@ -161,9 +161,9 @@ def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_d
     assert evaluated["bits_per_dim"] == pytest.approx(final["val_bits_per_dim"], abs=1e-5)
     blob = torch.load(out, weights_only=True)  # plain tensors and containers only
     assert blob["config"]["name"] == "row_lstm"
-    # pipeline.compress takes either form: encoded with the checkpoint folder, decoded with model.pt
+    # pipeline.compression takes either form: encoded with the checkpoint folder, decoded with model.pt
     # (the same float32 weights, so the same weights hash), pixels exact
-    from pipeline.compress import main as compress
+    from pipeline.compression.__main__ import main as compress
     from PIL import Image
     x = next(iterate_eval([p for p, _ in load_shard_set(smoke_data, 8, "val").shards], 8, 4))
     paths = []
@@ -200,7 +200,7 @@ def test_sample_cli_writes_a_grid_and_a_completion(zero3, smoke_data, tmp_path):
     base, _ = zero3
     for extra, name in (([], "grid.png"), (["--complete-from", str(smoke_data)], "completion.png")):
         out = tmp_path / name
-        subprocess.run([sys.executable, "-m", "pipeline.sample", "--checkpoint", str(base / "c" / "checkpoints"),
+        subprocess.run([sys.executable, "-m", "pipeline.tools.sample", "--checkpoint", str(base / "c" / "checkpoints"),
                         "--n", "4", "--out", str(out), *extra], cwd=REPO, check=True, capture_output=True,
                        timeout=300)
         img = Image.open(out)

@@ -14,7 +14,7 @@ consume it identically and return identical images (up to float rounding ties).
 
 One exact incremental pass (`walk`) serves sampling, compression and decompression: it visits
 the sub-pixels in order and asks a `choose(c, i, j, logits)` callback for each value (sampling
-draws it, `pipeline.compress` encodes the known value or decodes it from the range coder).
+draws it, `pipeline.compression` encodes the known value or decodes it from the range coder).
 
 Subclasses pass their layers to `set_layers`: modules with
     forward(v, cond) -> v'                       (whole map, [B, 2h, H, W])

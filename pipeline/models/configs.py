@@ -1,6 +1,6 @@
 """One typed config per architecture, registered by name (torchtitan's pattern: the arguments beside the model).
 
-The experiment schema (`pipeline/config.py`) picks the dataclass by `model.name`, so an unknown or
+The experiment schema (`pipeline/config/schema.py`) picks the dataclass by `model.name`, so an unknown or
 misspelt key (`model.residul`) is refused when the experiment is loaded, with the nearest valid key.
 This module imports no torch: loading and refusing a config stays fast.
 

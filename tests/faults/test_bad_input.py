@@ -16,7 +16,8 @@ import sys
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.data import ShardError, TrainStream, load_shard_set, train_loader
+from pipeline.data.shards import ShardError, load_shard_set
+from pipeline.data.stream import TrainStream, train_loader
 
 from helpers import REPO, free_port, train_args
 

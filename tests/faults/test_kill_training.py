@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, check_compatible, latest_tag, read_meta
-from pipeline.export import consolidated_state
+from pipeline.train.checkpoint import CheckpointError, check_compatible, latest_tag, read_meta
+from pipeline.train.weights import consolidated_state
 
 from helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, Launch, fill_up, hex_losses,
                      sha256_tree, small_filesystem)
@@ -97,7 +97,7 @@ def test_full_checkpoint_disk_fails_clearly_and_keeps_the_previous_checkpoint(ki
 
 def test_checkpoint_of_another_model_is_refused_naming_the_difference(kill_chain):
     from pipeline.config import load_config
-    from pipeline.engine import model_config
+    from pipeline.train.engine import model_config
     ckpts = kill_chain["run"] / "checkpoints"
     tag = latest_tag(ckpts)
     meta = read_meta(ckpts, tag)

@@ -11,8 +11,9 @@ import tarfile
 import pytest
 import torch
 
-from pipeline.data import TrainStream, eval_batches, iterate_eval, load_shard_set, train_loader
-from pipeline.export import load_checkpoint_model
+from pipeline.data.stream import TrainStream, train_loader
+from pipeline.data.shards import eval_batches, iterate_eval, load_shard_set
+from pipeline.train.weights import load_checkpoint_model
 
 from helpers import REPO
 

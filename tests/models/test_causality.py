@@ -37,14 +37,15 @@ def test_multiscale_conditional_part_causal_and_conditioned(image):
 
 
 def pixel_field(fn, x: torch.Tensor) -> torch.Tensor:
-    """dep[q, p]: changing pixel q's red value changes pixel p's red logits ([HW, HW])."""
+    """dep[q, p]: changing pixel q's red value changes pixel p's red logits ([HW, HW]). Each perturbed
+    copy is compared with the unperturbed image at the same batch position (see `changed_matrix`)."""
     _, h, w = x.shape
-    xs = x[None].repeat(h * w + 1, 1, 1, 1)  # copy 0 stays unperturbed (same batch, same rounding)
+    base = x[None].repeat(h * w, 1, 1, 1)
+    xs = base.clone()
     q = torch.arange(h * w)
-    xs[q + 1, 0, q // w, q % w] ^= 0x80
+    xs[q, 0, q // w, q % w] ^= 0x80
     with torch.no_grad():
-        out = fn(xs)
-    changed = (out[1:] != out[:1]).any(1)[:, 0]  # red logits, [HW, H, W]
+        changed = (fn(xs) != fn(base)).any(1)[:, 0]  # red logits, [HW, H, W]
     return changed.reshape(h * w, h * w)
 
 

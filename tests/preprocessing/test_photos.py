@@ -75,7 +75,7 @@ def test_refusals(tmp_path):
 def test_prepare_photos_builds_shards_for_training(tmp_path):
     """data.prepare: photos (photos32's data step): crops -> shards with the manifest, loadable by training."""
     from pipeline.config import load_config
-    from pipeline.data import iterate_eval, load_shard_set
+    from pipeline.data.shards import iterate_eval, load_shard_set
     from slurm.submit import prepare_data
     cfg = load_config("photos32", [f"data.root={tmp_path}"])
     prepare_data(cfg)

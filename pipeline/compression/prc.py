@@ -1,4 +1,4 @@
-"""The `.prc` file format of `pipeline.compress`: a checked header, then range-coded chunks.
+"""The `.prc` file format of `pipeline.compression`: a checked header, then range-coded chunks.
 
     offset  size  what
     0       4     magic b"PRC\\x89" (the \\x89 catches a text-mode transfer, as in PNG)

@@ -1,52 +1,25 @@
 """Sample grids and image completion from a trained model.
 
-`python -m pipeline.sample --checkpoint RUN/checkpoints --n 64 --out grid.png`
-`python -m pipeline.sample --checkpoint RUN/checkpoints --complete-from DATA_ROOT --n 16 --out completion.png`
+`python -m pipeline.tools.sample --checkpoint RUN/checkpoints --n 64 --out grid.png`
+`python -m pipeline.tools.sample --checkpoint RUN/checkpoints --complete-from DATA_ROOT --n 16 --out completion.png`
 (completion: the top half of validation images is kept, the bottom half sampled; the grid shows
 originals above completions).
 """
 from __future__ import annotations
 
 import argparse
-import io
-import math
 import sys
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 
-from pipeline.fsutil import atomic_write_bytes
-
-
-def image_grid(images: torch.Tensor, nrow: int = 0, pad: int = 2, scale: int = 1) -> Image.Image:
-    """uint8 [N, 3, H, W] -> one RGB image, `nrow` images per row (default: square), white padding."""
-    n, _, h, w = images.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    rows = int(math.ceil(n / nrow))
-    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    arr = images.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = arr[i]
-    img = Image.fromarray(canvas)
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
-
-
-def save_grid(images: torch.Tensor, path, nrow: int = 0) -> None:
-    """Write a PNG grid atomically; small images are enlarged so a person can see them."""
-    scale = max(1, 128 // images.shape[-1])
-    buf = io.BytesIO()
-    image_grid(images, nrow, scale=scale).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+from pipeline.data.shards import split_batches
+from pipeline.tracking.figures import save_grid
+from pipeline.train.distributed import resolve_device
+from pipeline.train.weights import load_checkpoint_model
 
 
 def main(argv=None) -> int:
-    from pipeline.data import split_batches
-    from pipeline.distributed import resolve_device
-    from pipeline.export import load_checkpoint_model
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a run's checkpoints folder, one tag folder, or an exported .pt")
     p.add_argument("--n", type=int, default=64)

@@ -58,7 +58,7 @@ def codec_bits_per_dim(batches: Iterable[torch.Tensor], codecs: Optional[Iterabl
 
 def split_codec_bits_per_dim(root, size: int, split: str, batch_size: int = 64) -> Dict[str, float]:
     """`codec_bits_per_dim` over a whole shard split (`<root>/<size>/<split>-*.tar`)."""
-    from pipeline.data import split_batches
+    from pipeline.data.shards import split_batches
     return codec_bits_per_dim(split_batches(root, size, split, batch_size))
 
 

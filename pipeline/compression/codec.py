@@ -1,11 +1,11 @@
-"""Lossless image compression with a trained model: `python -m pipeline.compress encode|decode|compare`.
+"""Lossless image compression with a trained model: `python -m pipeline.compression encode|decode|compare`.
 
-    python -m pipeline.compress encode --checkpoint runs/photos32/checkpoints --out val.prc a.png b.png ...
-    python -m pipeline.compress decode val.prc --out-dir decoded/        # [--checkpoint DIR|model.pt]
-    python -m pipeline.compress compare --checkpoint runs/photos32/checkpoints --data data/photos32
+    python -m pipeline.compression encode --checkpoint runs/photos32/checkpoints --out val.prc a.png b.png ...
+    python -m pipeline.compression decode val.prc --out-dir decoded/        # [--checkpoint DIR|model.pt]
+    python -m pipeline.compression compare --checkpoint runs/photos32/checkpoints --data data/photos32
 
 The images (size x size RGB, size = the model's) are coded in chunks of --batch-size with one range-coded
-stream each (pipeline/rangecoding.py); the file format is pipeline/prc.py. `--checkpoint` takes a
+stream each (pipeline/compression/rangecoding.py); the file format is pipeline/compression/prc.py. `--checkpoint` takes a
 run's checkpoints folder, one tag folder or an exported model.pt; the header records its path (the
 default for decode) and the sha256 of its weights (decode refuses other weights). Probabilities are
 computed with a fixed dtype and thread count (recorded; decode uses the header's). A file's size is
@@ -15,7 +15,6 @@ Exit status: 0 done, 2 refused (bad input, a corrupted or mismatched file; the m
 """
 from __future__ import annotations
 
-import argparse
 import io
 import re
 import sys
@@ -27,10 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline import prc
+from pipeline.compression import prc
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.rangecoding import (SUPPORTED, bits_per_dim, coder_info, decode_batch, encode_batch,
-                                  rows_per_image)
+from pipeline.compression.rangecoding import SUPPORTED, coder_info, decode_batch, encode_batch, rows_per_image
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONVERTIBLE = ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr")  # 8-bit modes convert("RGB") maps exactly
@@ -43,8 +41,8 @@ class CompressError(ValueError):
 
 def load_model(checkpoint: str, dtype: str = "float32") -> Tuple[torch.nn.Module, str]:
     """(model in eval mode and `dtype`, sha256 of its float32 weights) from a checkpoint or model.pt."""
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.export import load_checkpoint_model
+    from pipeline.train.checkpoint import CheckpointError
+    from pipeline.train.weights import load_checkpoint_model
     if not Path(checkpoint).exists():
         raise CompressError(f"checkpoint {checkpoint} does not exist")
     try:
@@ -195,69 +193,3 @@ def write_pngs(x: torch.Tensor, names: List[str], out_dir: Path) -> List[Path]:
         atomic_write_bytes(out_dir / f"{name}.png", buf.getvalue())
         paths.append(out_dir / f"{name}.png")
     return paths
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("pipeline.compress", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("encode", help="images -> one .prc file")
-    e.add_argument("images", nargs="+")
-    e.add_argument("--checkpoint", required=True, help="checkpoints folder, tag folder or exported model.pt")
-    e.add_argument("--out", required=True)
-    e.add_argument("--batch-size", type=int, default=64, help="images coded together (one stream each)")
-    e.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    e.add_argument("--threads", type=int, default=1, help="torch threads (recorded; decode uses the same)")
-    e.add_argument("--convert", action="store_true", help="convert L/P/RGBA/... images to RGB (said per image)")
-    e.add_argument("--no-progress", action="store_true")
-    d = sub.add_parser("decode", help="a .prc file -> PNG images")
-    d.add_argument("file")
-    d.add_argument("--out-dir", required=True)
-    d.add_argument("--checkpoint", help="default: the path recorded in the file (its weights are checked)")
-    d.add_argument("--no-progress", action="store_true")
-    c = sub.add_parser("compare", help="bits/dim table: PNG, WebP lossless, this coder, the model")
-    c.add_argument("--checkpoint", required=True)
-    c.add_argument("--data", required=True, help="shard root (data.root)")
-    c.add_argument("--split", default="val")
-    c.add_argument("--batch-size", type=int, default=64)
-    c.add_argument("--threads", type=int, default=1)
-    c.add_argument("--out", help="keep the .prc file here (default: not kept)")
-    c.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "encode":
-            if args.batch_size < 1 or args.threads < 1:
-                raise CompressError("--batch-size and --threads must be at least 1")
-            model, sha = load_model(args.checkpoint, args.dtype)
-            x, names = read_images(args.images, model.image_size, args.convert)
-            data, s = encode_images(model, sha, x, names, str(Path(args.checkpoint).resolve()), args.batch_size,
-                                    args.dtype, args.threads, not args.no_progress)
-            atomic_write_bytes(args.out, data)
-            print(f"wrote {args.out}: {s['images']} images, {len(data)} bytes = "
-                  f"{bits_per_dim(s['file_bits'], s['images'], s['size']):.4f} bits/dim (model: "
-                  f"{bits_per_dim(s['ideal_bits'], s['images'], s['size']):.4f}; header {s['header_bytes']} bytes), "
-                  f"{s['images'] / s['seconds']:.2f} images/s")
-        elif args.command == "decode":
-            data = Path(args.file).read_bytes()
-            x, names, s = decode_file(data, args.checkpoint, args.file, not args.no_progress)
-            write_pngs(x, names, Path(args.out_dir))
-            print(f"decoded {len(names)} images into {args.out_dir} (pixel checksums verified), "
-                  f"{len(names) / s['seconds']:.2f} images/s")
-        else:
-            from pipeline.compare import compare
-            print(compare(args.checkpoint, args.data, args.split, args.batch_size, args.threads, args.out,
-                          not args.no_progress))
-    except (CompressError, prc.PrcError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """A finished run's figures for the docs: its learning curve and a grid of samples and completions.
 
-    python -m pipeline.run_figures --run runs/photos32 --out-dir docs --prefix photos32 [--data data/photos32]
+    python -m pipeline.tools.run_figures --run runs/photos32 --out-dir docs --prefix photos32 [--data data/photos32]
 
 Writes <prefix>_curve.png (training bits/dim per step from metrics.jsonl, its moving average, validation
 bits/dim from the run's MLflow history, and the PNG / WebP baselines of the same validation images when
@@ -26,7 +26,7 @@ def val_history(run_dir: Path) -> List[Tuple[int, float]]:
     """(step, val_bits_per_dim) of the run, from its MLflow store."""
     from mlflow import MlflowClient
 
-    from pipeline.tracking import recorded_run
+    from pipeline.tracking.tracker import recorded_run
     run_id, store = recorded_run(run_dir)
     if store is None:  # a run from before the store was recorded: the one its config names
         store = from_yaml_text((run_dir / "config.yaml").read_text()).tracking.tracking_uri or None
@@ -72,15 +72,15 @@ def plot_curve(run_dir: Path, path: Path, title: str) -> None:
 
 def sample_grid(run_dir: Path, path: Path, data: Optional[str], seed: int = 0) -> None:
     """Samples (top rows) and, with `data`, validation images above their completions."""
-    from pipeline.export import load_checkpoint_model
-    from pipeline.sample import save_grid
+    from pipeline.train.weights import load_checkpoint_model
+    from pipeline.tracking.figures import save_grid
     final = json.loads((run_dir / "final_metrics.json").read_text())
     model = load_checkpoint_model(final["checkpoint"]).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         rows = [model.sample(16, generator=g)]
         if data:
-            from pipeline.data import split_batches
+            from pipeline.data.shards import split_batches
             size = model.config["image_size"]
             x = next(split_batches(data, size, "val", 64))[::8][:8]
             rows += [x, model.complete(x, known_rows=size // 2, generator=g)]

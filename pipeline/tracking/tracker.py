@@ -95,7 +95,7 @@ class Tracker:
         once per MLflow run: MLflow refuses to change a logged param)."""
         if not self.enabled:
             return
-        # run_kind tells training runs from `pipeline.report`'s report runs; data_key joins the tags that
+        # run_kind tells training runs from `pipeline.tracking.report`'s report runs; data_key joins the tags that
         # decide comparability into one value the UI's "Group by" can use.
         data_key = "/".join(str(tags.get(k, "unknown")) for k in ("dataset_variant", "resize", "image_size"))
         data_key += f"px/{str(tags.get('manifest_sha256', 'unknown'))[:12]}"

@@ -1,6 +1,6 @@
-"""`python -m pipeline.compress compare`: bits/dim of PNG, WebP lossless and the model's coder on one split.
+"""`python -m pipeline.compression compare`: bits/dim of PNG, WebP lossless and the model's coder on one split.
 
-One run measures all of them on the same images: PNG and WebP files of each image (pipeline/codecs.py),
+One run measures all of them on the same images: PNG and WebP files of each image (pipeline/tracking/baselines.py),
 the model's bits/dim (its whole-image forward, as training's validation reports it), and a real round
 trip through the coder (encode to one .prc file, decode it, compare every pixel). Prints a Markdown table.
 """
@@ -11,21 +11,21 @@ from typing import Optional
 
 import torch
 
-from pipeline.codecs import codec_bits_per_dim, webp_available
-from pipeline.compress import decode_file, encode_images, load_model
+from pipeline.tracking.baselines import codec_bits_per_dim, webp_available
+from pipeline.compression.codec import decode_file, encode_images, load_model
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.rangecoding import bits_per_dim
+from pipeline.compression.rangecoding import bits_per_dim
 
 
 def split_images(root: str, size: int, split: str) -> torch.Tensor:
     """Every image of a shard split, uint8 [N, 3, size, size], in shard order."""
-    from pipeline.data import split_batches
+    from pipeline.data.shards import split_batches
     return torch.cat(list(split_batches(root, size, split, 256)))
 
 
 @torch.no_grad()
 def model_bits_per_dim(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean bits/dim of the whole-image forward (float32), as `pipeline.evaluate` computes it."""
+    """Mean bits/dim of the whole-image forward (float32), as `pipeline.train.evaluate` computes it."""
     return torch.cat([model.bits_per_dim(x[i:i + batch_size]).double()
                       for i in range(0, len(x), batch_size)]).mean().item()
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = REPO_ROOT / "configs" / "experiments"
 BASE_DIR = REPO_ROOT / "configs" / "base"    # what `defaults:` names resolve to
 

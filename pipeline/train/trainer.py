@@ -13,24 +13,24 @@ import logging
 import math
 import re
 import signal
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as dist
 
-from pipeline import checkpoint as ckpt
-from pipeline.config import ExperimentConfig, get_args_parser, load_config, to_yaml, validate
-from pipeline.data import TrainStream, load_shard_set, to_device, train_loader
-from pipeline.distributed import agree, dist_env, init_distributed, resolve_device
-from pipeline.ds_config import deepspeed_config, gradient_accumulation
-from pipeline.evaluate import evaluate_bits_per_dim
+from pipeline.train import checkpoint as ckpt
+from pipeline.config import ExperimentConfig, to_yaml, validate
+from pipeline.data.stream import TrainStream, to_device, train_loader
+from pipeline.data.shards import load_shard_set
+from pipeline.train.distributed import agree, dist_env, init_distributed, resolve_device
+from pipeline.train.ds_config import deepspeed_config, gradient_accumulation
+from pipeline.train.evaluate import evaluate_bits_per_dim
 from pipeline.fsutil import atomic_write_text
-from pipeline.heartbeat import Heartbeat, describe, find_lost
-from pipeline.sample import save_grid
-from pipeline.tracking import Tracker, git_commit
+from pipeline.train.heartbeat import Heartbeat, describe, find_lost
+from pipeline.tracking.figures import save_grid
+from pipeline.tracking.tracker import Tracker, git_commit
 
 log = logging.getLogger("pipeline.train")
 
@@ -85,8 +85,8 @@ _COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed|refused)|b
 
 
 def _is_collective_failure(err: BaseException) -> bool:
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.data import ShardError
+    from pipeline.train.checkpoint import CheckpointError
+    from pipeline.data.shards import ShardError
     if isinstance(err, (ShardError, CheckpointError, NonFiniteLossError, LostRankError)):
         return False
     return isinstance(err, getattr(dist, "DistError", ())) or bool(_COLLECTIVE_FAILURE.search(str(err)))
@@ -94,7 +94,7 @@ def _is_collective_failure(err: BaseException) -> bool:
 
 def _lost_rank_error(err: BaseException, env, timeout_s: int,
                      heartbeat: Optional[Heartbeat] = None) -> Optional[LostRankError]:
-    """The same failure, naming the lost rank(s) and their node(s) from the heartbeats (pipeline/heartbeat.py);
+    """The same failure, naming the lost rank(s) and their node(s) from the heartbeats (pipeline/train/heartbeat.py);
     without heartbeats, exact for two ranks only (the other one)."""
     if env.world_size < 2 or not _is_collective_failure(err):
         return None
@@ -151,7 +151,7 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag], heartbeat: Heartbeat
     stop = stop or StopFlag().install()
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
-    from pipeline.engine import initialize, loss_scale, model_config
+    from pipeline.train.engine import initialize, loss_scale, model_config
 
     # Data first: a bad shard folder fails before anything heavy starts.
     size = cfg.model.image_size
@@ -297,7 +297,7 @@ def _train(cfg: ExperimentConfig, stop: Optional[StopFlag], heartbeat: Heartbeat
         val_bpd = run_eval()
         baselines = {}
         if cfg.tracking.codec_baselines:  # PNG / WebP file sizes of the same validation images
-            from pipeline.codecs import codec_baselines
+            from pipeline.tracking.baselines import codec_baselines
             baselines = codec_baselines(cfg.data.root, size, cfg.data.val_split, env.is_main, env.world_size)
             tracker.metrics(baselines, step)
             log.info("validation split as files: %s", ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()))
@@ -331,16 +331,3 @@ def _sample_grid(engine, model, cfg: ExperimentConfig, is_main: bool, path: Path
             save_grid(images, path)
             tracker.artifact(path, "samples")
     dist.barrier()
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    cfg = load_config(args.exp, args.overrides)
-    summary = train(cfg)
-    if dist_env().is_main:
-        print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

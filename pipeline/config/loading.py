@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -22,157 +21,16 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config_files import BASE_DIR, EXPERIMENTS_DIR, REPO_ROOT, ConfigError, config_layers, experiment_path
-from pipeline.models.configs import CONFIGS, ModelConfig, RowLSTMConfig
+from pipeline.config.files import BASE_DIR, EXPERIMENTS_DIR, REPO_ROOT, ConfigError, config_layers, experiment_path
+from pipeline.config.schema import CHOICES, ExperimentConfig
+from pipeline.models.configs import CONFIGS
 
 __all__ = ["BASE_DIR", "EXPERIMENTS_DIR", "REPO_ROOT", "ConfigError", "ExperimentConfig", "load_config", "validate",
            "check_data_paths", "config_layers", "experiment_path", "flatten", "to_yaml", "from_yaml_text",
            "get_args_parser"]
 
 
-@dataclass
-class DataConfig:
-    root: str = "data/shards"       # preprocessing output: <root>/<size>/<split>-000000.tar + <split>.json
-    train_split: str = "train"
-    val_split: str = "val"
-    variant: str = "chrabaszcz-box"  # which downsampling made the data; bits/dim only compare within one variant
-    num_workers: int = 2            # loader processes per rank
-    shuffle_buffer: int = 1000
-    on_corrupt: str = "error"       # error | skip: what a corrupt sample or shard does at training time
-    # Smoke / local runs: build a small generated dataset with the real preprocessing code when root is empty.
-    prepare: str = "none"           # none | synthetic | photos (crops of the photos shipped in installed wheels)
-    photo_val_scenes: List[str] = field(default_factory=lambda: ["chelsea", "coffee"])  # photos: held out
-    synthetic_images: int = 256
-    synthetic_val_images: int = 64
-    synthetic_classes: int = 4
-    shard_size: int = 16
-
-
-@dataclass
-class OptimConfig:
-    name: str = "rmsprop"           # rmsprop (the paper, Sec. 5.1) | adam
-    lr: float = 1e-3
-    alpha: float = 0.95             # RMSprop decay; the paper does not give its settings
-    eps: float = 1e-8
-    momentum: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    decay: str = "cosine"           # cosine | linear | constant, after warm-up, down to min_lr_ratio * lr
-    min_lr_ratio: float = 0.1
-
-
-@dataclass
-class TrainConfig:
-    global_batch_size: int = 64     # stays fixed whatever the world size: micro * accumulation * ranks
-    micro_batch_size: int = 16      # per rank per forward
-    max_steps: int = 1000           # optimizer steps
-    precision: str = "bf16"         # bf16 | fp16 (GPU only) | fp32
-    zero_stage: int = 2
-    zero3_persistence_threshold: int = 100000  # ZeRO-3 keeps params smaller than this whole on every rank
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 500
-    eval_max_batches: int = 0       # 0: the whole validation split
-    sample_every_eval: int = 16     # images in the sample grid logged at each evaluation (0: none)
-    max_nonfinite_steps: int = 10   # consecutive non-finite losses before the run stops
-    dist_timeout_s: int = 600       # collective timeout: a lost rank fails the job after this long
-    heartbeat_s: float = 2.0        # each rank's <run_dir>/ranks/ file is refreshed this often: names lost
-                                    # ranks and nodes (pipeline/heartbeat.py); 0: none
-    device: str = "auto"            # auto | cpu | cuda
-    compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
                                     # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
-
-
-@dataclass
-class CheckpointConfig:
-    every: int = 500                # steps between checkpoints (and one at the end)
-    keep_last: int = 3
-    resume: bool = True             # resume from <output_dir>/checkpoints/latest when present
-
-
-@dataclass
-class TrackingConfig:
-    experiment: str = "default"     # one MLflow experiment per benchmark (imagenet32, imagenet64, cifar10)
-    tracking_uri: str = ""          # empty: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-    run_name: str = ""              # empty: derived from model, size and precision
-    codec_baselines: bool = False   # log png_/webp_bits_per_dim of the val split at the end (pipeline.codecs)
-
-
-@dataclass
-class SlurmConfig:
-    nodes: int = 1
-    gpus_per_node: int = 1          # one task per GPU; 0 on CPU-only nodes (then tasks_per_node applies)
-    tasks_per_node: int = 0         # 0: = gpus_per_node
-    cpus_per_task: int = 8
-    mem_gb: int = 0                 # 0: the partition's default
-    timeout_min: int = 60 * 24
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    constraint: str = ""
-    signal_delay_s: int = 120       # USR2 this long before the time limit: enough to write a checkpoint
-    max_num_timeout: int = 3        # requeues after a time-out (submitit's cap)
-    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options
-
-
-@dataclass
-class PreprocessConfig:
-    """`kind: preprocess` experiments: a SLURM array of `preprocessing build` tasks, then `finalize`."""
-    source: str = ""                # folder, tar or npz file (kind auto-detected by preprocessing)
-    split: str = "train"
-    sizes: List[int] = field(default_factory=lambda: [32, 64])
-    out: str = "data/imagenet"      # shards land in <out>/<size>/<split>-NNNNNN.tar + <split>.json
-    num_tasks: int = 1              # K array tasks; task I renders blocks b with b % K == I
-    workers: int = 1                # processes per task (ask slurm.cpus_per_task for as many)
-    shard_size: int = 5000
-    resize: str = "box"             # box | center-crop
-    seed: int = 0
-    val_labels: str = ""            # ImageNet val labels file, for a val split
-    class_map: str = ""
-    label_order: str = "wnid"       # wnid (ImageNet classes by sorted wnid, from every source) | release (npz)
-    overwrite: bool = False         # only with num_tasks=1 (preprocessing refuses it for arrays)
-    array_parallelism: int = 0      # at most this many tasks at once (0: all)
-
-
-@dataclass
-class ExperimentConfig:
-    name: str = "default"
-    description: str = ""
-    kind: str = "train"             # train | preprocess
-    output_dir: str = "runs/{name}"  # checkpoints, logs, effective config; {name} is filled in
-    model: ModelConfig = field(default_factory=RowLSTMConfig)  # the class `model.name` picks (CONFIGS)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
-
-    def ranks(self) -> int:
-        """Ranks the job runs with: nodes × tasks per node."""
-        return self.slurm.nodes * (self.slurm.tasks_per_node or self.slurm.gpus_per_node or 1)
-
-
-CHOICES = {
-    "optim.name": ("rmsprop", "adam"),
-    "optim.decay": ("cosine", "linear", "constant"),
-    "train.precision": ("bf16", "fp16", "fp32"),
-    "train.zero_stage": (0, 1, 2, 3),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.compile": ("none", "cell"),
-    "data.on_corrupt": ("error", "skip"),
-    "data.prepare": ("none", "synthetic", "photos"),
-    "kind": ("train", "preprocess"),
-    "preprocess.resize": ("box", "center-crop"),
-    "preprocess.label_order": ("wnid", "release"),
-}
 
 
 def _schema(model_name: str) -> ExperimentConfig:

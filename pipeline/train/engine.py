@@ -8,22 +8,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from pipeline.config import ExperimentConfig, OptimConfig
-from pipeline.optim import RMSprop
-
-
-class BitsPerDim(torch.nn.Module):
-    """The training objective: forward(x uint8) -> per-sample bits/dim (Sec. 5.1: discrete NLL).
-
-    DeepSpeed calls `forward`, so its hooks (ZeRO-3 parameter gathering, precision casts) see the whole
-    model; the model itself stays a plain `pipeline.models` module under `.model`.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.bits_per_dim(x)
+from pipeline.models.objective import BitsPerDim
+from pipeline.train.optim import RMSprop
 
 
 def model_config(cfg: ExperimentConfig) -> Dict[str, Any]:

@@ -1,6 +1,6 @@
 """Bits/dim report: our best runs per model beside the published numbers, from the MLflow store.
 
-    python -m pipeline.report [--experiment imagenet32] [--tracking-uri URI] [--out report.md]
+    python -m pipeline.tracking.report [--experiment imagenet32] [--tracking-uri URI] [--out report.md]
 
 For each MLflow experiment (one per benchmark) it writes a Markdown table of the best run per model (the
 run's latest `val_bits_per_dim`, train bits/dim, steps, images/s, device-hours), the published test
@@ -32,7 +32,7 @@ from pipeline.config import REPO_ROOT
 from pipeline.fsutil import atomic_write_text
 
 BENCHMARKS_FILE = REPO_ROOT / "configs" / "benchmarks.yaml"
-RUN_KIND_TAG = "run_kind"            # "train" on training runs (pipeline.tracking), "report" on report runs
+RUN_KIND_TAG = "run_kind"            # "train" on training runs (pipeline.tracking.tracker), "report" on report runs
 REPORT_KIND = "report"
 DATA_TAGS = ("dataset_variant", "resize", "image_size", "manifest_sha256")
 VAL, TRAIN, HOURS, RATE = "val_bits_per_dim", "train_bits_per_dim", "device_hours", "images_per_s"
@@ -235,7 +235,7 @@ def log_report_run(client, rep: ExperimentReport, files: Sequence[Path]) -> str:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     run = client.create_run(rep.experiment_id, run_name=f"report-{stamp}", tags={
         RUN_KIND_TAG: REPORT_KIND,
-        "mlflow.note.content": "Benchmark report (python -m pipeline.report), not a training run.",
+        "mlflow.note.content": "Benchmark report (python -m pipeline.tracking.report), not a training run.",
         "report.runs": str(len(rep.runs)), "report.data_groups": str(len(rep.groups()))})
     for f in files:
         client.log_artifact(run.info.run_id, str(f), "report")
@@ -266,11 +266,11 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
     if not reports:
         return EXIT_OK, (f"No training runs with {VAL} in experiment(s) {names} of {tracking_uri}: "
                          f"nothing to report (no file written).")
-    from pipeline.report_plots import plot_runs
+    from pipeline.tracking.report_plots import plot_runs
     out = Path(out)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["# Bits/dim benchmark report", "",
-             f"Generated {stamp} from `{tracking_uri}` by `python -m pipeline.report`. Lower is better. Ours: "
+             f"Generated {stamp} from `{tracking_uri}` by `python -m pipeline.tracking.report`. Lower is better. Ours: "
              f"the latest `{VAL}` of each run (its data.val_split); published: test bits/dim from "
              f"configs/benchmarks.yaml. Runs are ranked only against runs on the same data (same dataset "
              f"variant, resize method, image size and manifest hash).", ""]
@@ -294,8 +294,8 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from pipeline.tracking import DEFAULT_URI
-    p = argparse.ArgumentParser("pipeline.report", description=__doc__.split("\n\n")[0])
+    from pipeline.tracking.tracker import DEFAULT_URI
+    p = argparse.ArgumentParser("pipeline.tracking.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", action="append", help="MLflow experiment (benchmark) to report on; "
                    "repeatable; default: every experiment in the store")
     p.add_argument("--tracking-uri", default=None,
@@ -308,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         code, msg = make_report(uri, args.experiment, Path(args.out), Path(args.benchmarks), not args.no_log_run)
     except ReportError as e:
-        print(f"pipeline.report: {e}", file=sys.stderr)
+        print(f"pipeline.tracking.report: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(msg)
     return code

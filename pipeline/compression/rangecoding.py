@@ -76,7 +76,7 @@ def encode_batch(model: torch.nn.Module, x: torch.Tensor,
     """Range-code uint8 images [B, 3, n, n] -> (uint32 words, sum of -log2 p over every sub-pixel).
 
     The second value is the ideal code length under the same float64 probabilities the coder was
-    given: what the file's payload is compared with (`pipeline.compress` reports both)."""
+    given: what the file's payload is compared with (`pipeline.compression` reports both)."""
     import constriction
     encoder = constriction.stream.queue.RangeEncoder()
     family = _family()

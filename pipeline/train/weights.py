@@ -1,21 +1,17 @@
 """Consolidated fp32 weights from a (ZeRO-partitioned) DeepSpeed checkpoint, loadable without DeepSpeed.
 
-`python -m pipeline.export RUN/checkpoints OUT.pt` writes {"config": model config, "state_dict": ...};
+`python -m pipeline.tools.export RUN/checkpoints OUT.pt` writes {"config": model config, "state_dict": ...};
 `load_checkpoint_model` reads either form back. Nothing is ever unpickled beyond tensors and plain
 containers (`torch.load(..., weights_only=True)`).
 """
 from __future__ import annotations
 
-import argparse
-import io
-import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
-from pipeline.checkpoint import CheckpointError, latest_tag, read_meta
-from pipeline.fsutil import atomic_write_bytes
+from pipeline.train.checkpoint import CheckpointError, latest_tag, read_meta
 
 PREFIX = "model."  # the training objective wraps the model as `.model`
 
@@ -57,21 +53,3 @@ def load_checkpoint_model(path: str | Path, device: str = "cpu") -> torch.nn.Mod
     model = build_model(config.pop("name"), **config)
     model.load_state_dict(sd)
     return model.to(device)
-
-
-def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a run's checkpoints folder (uses `latest`) or one tag folder")
-    p.add_argument("out", help="output .pt file")
-    args = p.parse_args(argv)
-    config, sd = consolidated_state(Path(args.checkpoint))
-    buf = io.BytesIO()
-    torch.save({"config": config, "state_dict": sd}, buf)
-    atomic_write_bytes(args.out, buf.getvalue())
-    n = sum(v.numel() for v in sd.values())
-    print(f"wrote {args.out}: {config['name']} with {n:,} parameters (fp32)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,17 @@
 """Bits/dim over a whole split, each sample counted exactly once across all ranks.
 
-`python -m pipeline.evaluate --checkpoint RUN/checkpoints --data ROOT [--split val] [--split train]`
+`python -m pipeline.tools.evaluate --checkpoint RUN/checkpoints --data ROOT [--split val] [--split train]`
 evaluates a saved checkpoint in one process, without DeepSpeed.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from typing import Callable, Dict
 
 import torch
 import torch.distributed as dist
 
-from pipeline.data import ShardSet, eval_batches, iterate_eval, to_device
+from pipeline.data.shards import ShardSet, eval_batches, iterate_eval
+from pipeline.data.stream import to_device
 
 
 @torch.no_grad()
@@ -43,34 +40,3 @@ def evaluate_bits_per_dim(bits_fn: Callable[[torch.Tensor], torch.Tensor], shard
     if world > 1:
         dist.all_reduce(total)
     return {"bits_per_dim": (total[0] / total[1]).item(), "samples": int(total[1].item())}
-
-
-def main(argv=None) -> int:
-    from pipeline.data import load_shard_set
-    from pipeline.distributed import resolve_device
-    from pipeline.export import load_checkpoint_model
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoints folder, a tag folder in it, or an exported .pt")
-    p.add_argument("--data", required=True, help="shard root (data.root of the experiment)")
-    p.add_argument("--split", action="append", help="split(s) to evaluate (default: val)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-batches", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cuda, cpu, or auto: cuda when a GPU is visible")
-    args = p.parse_args(argv)
-    device = resolve_device(args.device)
-    model = load_checkpoint_model(args.checkpoint, device).eval()
-    size = model.config["image_size"]
-    results = {}
-    for split in args.split or ["val"]:
-        shards = load_shard_set(args.data, size, split)
-        t0 = time.time()
-        r = evaluate_bits_per_dim(model.bits_per_dim, shards, 0, 1, args.batch_size, device, args.max_batches)
-        results[split] = dict(r, seconds=round(time.time() - t0, 2))
-        print(f"{split}: {r['bits_per_dim']:.4f} bits/dim over {r['samples']} images", file=sys.stderr)
-    print(json.dumps(results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
