@@ -24,6 +24,9 @@ if __name__ == "__main__" and not __package__:  # `python slurm/submit.py`: a sc
 from pipeline.config import (ConfigError, ExperimentConfig, check_data_paths, get_args_parser,  # noqa: E402
                              load_config, to_yaml)
 from pipeline.config.files import list_experiments  # noqa: E402
+from pipeline.run_dir import RunDir  # noqa: E402
+from pipeline.tracking.tracker import absolute_uri, recorded_run, tracking_uri  # noqa: E402
+from pipeline.train.checkpoint import CheckpointError, latest_step  # noqa: E402
 from slurm import jobs  # noqa: E402
 from slurm.executors import make_executor, sbatch_script, slurm_available  # noqa: E402
 
@@ -67,11 +70,7 @@ def absolutize(cfg: ExperimentConfig) -> None:
     """Jobs may start in another directory: pin paths and the MLflow store to absolute ones now."""
     cfg.output_dir = str(cfg.run_dir.resolve())
     cfg.data.root = str(Path(cfg.data.root).resolve())
-    from pipeline.tracking.tracker import tracking_uri
-    uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    cfg.tracking.tracking_uri = uri
+    cfg.tracking.tracking_uri = absolute_uri(tracking_uri(cfg))
 
 
 def prepare_data(cfg: ExperimentConfig) -> None:
@@ -99,7 +98,7 @@ def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow
     run_dir = Path(cfg.output_dir)
     print(f"submitted {cfg.name} as job {job.job_id} ({where}, {cfg.ranks()} task(s))")
     print(f"  logs:        {job.paths.stdout} / {job.paths.stderr}  (rank 0; other ranks beside them)")
-    print(f"  checkpoints: {run_dir / 'checkpoints'}  (resumes from 'latest' when present)")
+    print(f"  checkpoints: {RunDir(run_dir).checkpoints}  (resumes from 'latest' when present)")
     print(f"  MLflow:      {mlflow_run_text(run_dir, cfg.tracking.tracking_uri)} in experiment "
           f"'{cfg.tracking.experiment}', store {cfg.tracking.tracking_uri}")
     if use_slurm and not follow:
@@ -116,10 +115,9 @@ def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow
 def mlflow_run_text(run_dir: Path, store: str) -> str:
     """Which MLflow run the job will log to: the one named beside the checkpoints (kept across requeues),
     unless that run lives in another store (then the job starts a new one there and says so)."""
-    from pipeline.tracking.tracker import RUN_ID_FILE, recorded_run
     run_id, before = recorded_run(run_dir)
     if run_id is None:
-        return f"a new run (its id will be written to {run_dir / RUN_ID_FILE})"
+        return f"a new run (its id will be written to {RunDir(run_dir).mlflow_run_id})"
     if before is not None and before != store:
         return f"a new run: this run's MLflow run {run_id} is in another store ({before})"
     return f"run {run_id} (continued)"
@@ -148,23 +146,20 @@ def report_training(job, cfg: ExperimentConfig) -> int:
 def already_complete(cfg: ExperimentConfig) -> Optional[str]:
     """What to say instead of submitting a run that has already reached train.max_steps (the job would
     only load its last checkpoint and evaluate it again)."""
-    from pipeline.train.checkpoint import CheckpointError, latest_step
     if not cfg.checkpoint.resume:
         return None
+    run = RunDir(cfg.run_dir)
     try:
-        step = latest_step(cfg.run_dir / "checkpoints")
+        step = latest_step(run.checkpoints)
     except CheckpointError:
         return None  # the job itself reports a broken `latest`
     if step is None or step < cfg.train.max_steps:
         return None
-    final = cfg.run_dir / "final_metrics.json"
-    result = ""
-    if final.exists():
-        import json
-        with contextlib.suppress(ValueError, KeyError):
-            result = f"; its validation bits/dim is {json.loads(final.read_text())['val_bits_per_dim']:.4f} ({final})"
+    final, result = run.read_final(), ""
+    with contextlib.suppress(TypeError, KeyError, ValueError):
+        result = f"; its validation bits/dim is {final['val_bits_per_dim']:.4f} ({run.final_metrics})"
     return (f"run '{cfg.name}' is already complete at step {step} (train.max_steps={cfg.train.max_steps}, "
-            f"checkpoints in {cfg.run_dir / 'checkpoints'}){result}. Nothing was submitted.\n"
+            f"checkpoints in {run.checkpoints}){result}. Nothing was submitted.\n"
             f"  start a fresh run:  add  output_dir={cfg.run_dir}-2  (a new folder; the MLflow run is new too)\n"
             f"  train it further:   add  train.max_steps={2 * step}  (resumes from step {step})")
 
@@ -198,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if cfg.kind == "preprocess":
             from slurm import preprocess_job
             preprocess_job.absolutize(cfg)
-            folder = cfg.run_dir.resolve() / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+            folder = RunDir(cfg.run_dir.resolve()).submitit / time.strftime("%Y%m%d-%H%M%S")
             if args.dry_run:
                 warn_missing(preprocess_job.check_inputs, cfg)
                 print(preprocess_job.dry_run(cfg, use_slurm, folder))
@@ -206,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             preprocess_job.check_inputs(cfg)
             return preprocess_job.submit(cfg, use_slurm, folder, args.follow)
         absolutize(cfg)
-        folder = Path(cfg.output_dir) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+        folder = RunDir(cfg.output_dir).submitit / time.strftime("%Y%m%d-%H%M%S")
         if args.dry_run:
             warn_missing(check_data_paths, cfg)
             print(dry_run_training(cfg, use_slurm, folder))

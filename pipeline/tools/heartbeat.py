@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import List, Optional
 
+from pipeline.run_dir import RunDir
 from pipeline.train.heartbeat import read_ranks
 
 
@@ -17,7 +17,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description="every rank's last heartbeat in a run folder")
     p.add_argument("run_dir", help="the run's folder (output_dir), holding ranks/")
     args = p.parse_args(argv)
-    folder = Path(args.run_dir) / "ranks"
+    folder = RunDir(args.run_dir).ranks
     files = sorted(folder.glob("rank*.json"), key=lambda f: int(f.stem[4:]) if f.stem[4:].isdigit() else -1)
     if not files:
         print(f"no heartbeats in {folder} (a one-rank run, or train.heartbeat_s=0)", file=sys.stderr)

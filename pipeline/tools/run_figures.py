@@ -19,37 +19,41 @@ from typing import List, Optional, Tuple
 import torch
 
 from pipeline.config import from_yaml_text
+from pipeline.data.shards import split_batches
 from pipeline.fsutil import atomic_write_bytes
+from pipeline.run_dir import RunDir
+from pipeline.tracking.figures import save_grid
+from pipeline.tracking.tracker import recorded_run
+from pipeline.train.weights import load_checkpoint_model
 
 
-def val_history(run_dir: Path) -> List[Tuple[int, float]]:
+def val_history(run: RunDir) -> List[Tuple[int, float]]:
     """(step, val_bits_per_dim) of the run, from its MLflow store."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # mlflow's import costs about a second: only where a figure needs it
 
-    from pipeline.tracking.tracker import recorded_run
-    run_id, store = recorded_run(run_dir)
+    run_id, store = recorded_run(run)
     if store is None:  # a run from before the store was recorded: the one its config names
-        store = from_yaml_text((run_dir / "config.yaml").read_text()).tracking.tracking_uri or None
+        store = from_yaml_text(run.config.read_text()).tracking.tracking_uri or None
     client = MlflowClient(tracking_uri=store)
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_bits_per_dim"))
 
 
-def plot_curve(run_dir: Path, path: Path, title: str) -> None:
+def plot_curve(run: RunDir, path: Path, title: str) -> None:
     """The learning curve with the codec baselines as horizontal lines."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    train = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
     steps = [m["step"] for m in train]
     values = [m["train_bits_per_dim"] for m in train]
     k = 25
     smooth = [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
-    final = json.loads((run_dir / "final_metrics.json").read_text())
+    final = json.loads(run.final_metrics.read_text())
     fig = Figure(figsize=(7, 4.2), dpi=100)
     ax = fig.subplots()
     ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.6)
     ax.plot(steps, smooth, color="tab:blue", label=f"train (moving average of {k} steps)")
-    val = val_history(run_dir)
+    val = val_history(run)
     ax.plot([s for s, _ in val], [v for _, v in val], "o-", color="tab:red", markersize=4,
             label=f"validation (held-out photos), final {val[-1][1]:.3f}")
     for key, label, colour in (("png_bits_per_dim", "PNG", "0.3"), ("webp_bits_per_dim", "WebP lossless", "0.55")):
@@ -70,17 +74,14 @@ def plot_curve(run_dir: Path, path: Path, title: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def sample_grid(run_dir: Path, path: Path, data: Optional[str], seed: int = 0) -> None:
+def sample_grid(run: RunDir, path: Path, data: Optional[str], seed: int = 0) -> None:
     """Samples (top rows) and, with `data`, validation images above their completions."""
-    from pipeline.train.weights import load_checkpoint_model
-    from pipeline.tracking.figures import save_grid
-    final = json.loads((run_dir / "final_metrics.json").read_text())
+    final = json.loads(run.final_metrics.read_text())
     model = load_checkpoint_model(final["checkpoint"]).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         rows = [model.sample(16, generator=g)]
         if data:
-            from pipeline.data.shards import split_batches
             size = model.config["image_size"]
             x = next(split_batches(data, size, "val", 64))[::8][:8]
             rows += [x, model.complete(x, known_rows=size // 2, generator=g)]
@@ -96,9 +97,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--data", help="shard root: add validation images and their completions")
     p.add_argument("--title", default="")
     args = p.parse_args(argv)
-    run_dir, out = Path(args.run), Path(args.out_dir)
-    plot_curve(run_dir, out / f"{args.prefix}_curve.png", args.title or f"{run_dir.name}: bits/dim per step")
-    sample_grid(run_dir, out / f"{args.prefix}_samples.png", args.data)
+    run, out = RunDir(args.run), Path(args.out_dir)
+    plot_curve(run, out / f"{args.prefix}_curve.png", args.title or f"{run.root.name}: bits/dim per step")
+    sample_grid(run, out / f"{args.prefix}_samples.png", args.data)
     print(f"wrote {out / (args.prefix + '_curve.png')} and {out / (args.prefix + '_samples.png')}")
     return 0
 

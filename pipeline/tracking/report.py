@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -30,11 +29,9 @@ import yaml
 
 from pipeline.config import REPO_ROOT
 from pipeline.fsutil import atomic_write_text
+from pipeline.tracking.tracker import DATA_TAGS, DEFAULT_URI, REPORT_KIND, RUN_KIND_TAG, resolve_uri, store_missing
 
 BENCHMARKS_FILE = REPO_ROOT / "configs" / "benchmarks.yaml"
-RUN_KIND_TAG = "run_kind"            # "train" on training runs (pipeline.tracking.tracker), "report" on report runs
-REPORT_KIND = "report"
-DATA_TAGS = ("dataset_variant", "resize", "image_size", "manifest_sha256")
 VAL, TRAIN, HOURS, RATE = "val_bits_per_dim", "train_bits_per_dim", "device_hours", "images_per_s"
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -114,14 +111,6 @@ def benchmark_for(experiment: str, benchmarks: dict) -> Optional[dict]:
         if experiment == key or experiment in (b.get("experiments") or []):
             return b
     return None
-
-
-def _store_missing(uri: str) -> bool:
-    if uri.startswith("sqlite:///"):
-        return not Path(uri[len("sqlite:///"):]).exists()
-    if uri.startswith("file://") or "://" not in uri:
-        return not Path(uri.replace("file://", "", 1)).exists()
-    return False
 
 
 def _history(client, run_id: str, key: str) -> List[Tuple[int, float]]:
@@ -247,7 +236,7 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
                 benchmarks_file: Path = BENCHMARKS_FILE, log_run: bool = True) -> Tuple[int, str]:
     """Write the report; returns (exit status, message). Raises ReportError for unusable requests."""
     benchmarks = load_benchmarks(benchmarks_file)
-    if _store_missing(tracking_uri):
+    if store_missing(tracking_uri):
         return EXIT_OK, f"No MLflow store at {tracking_uri}: no runs to report."
     import mlflow
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -294,7 +283,6 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from pipeline.tracking.tracker import DEFAULT_URI
     p = argparse.ArgumentParser("pipeline.tracking.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", action="append", help="MLflow experiment (benchmark) to report on; "
                    "repeatable; default: every experiment in the store")
@@ -304,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--benchmarks", default=str(BENCHMARKS_FILE), help="published results (YAML)")
     p.add_argument("--no-log-run", action="store_true", help="do not log the report as an MLflow run")
     args = p.parse_args(argv)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = resolve_uri(args.tracking_uri)
     try:
         code, msg = make_report(uri, args.experiment, Path(args.out), Path(args.benchmarks), not args.no_log_run)
     except ReportError as e:

@@ -1,8 +1,9 @@
-"""MLflow tracking, on rank 0 only (other ranks get a tracker that does nothing).
+"""MLflow tracking, on rank 0 only (other ranks get a tracker that does nothing), and the one place that
+knows the store's address and the tag schema.
 
 One MLflow experiment per benchmark; one MLflow run per training run, continued across resumes and
-SLURM requeues through the run id stored beside the checkpoints (`<run_dir>/mlflow_run_id`, and the store
-that holds it in `<run_dir>/mlflow_store`). A run resumed against another store (MLFLOW_TRACKING_URI
+SLURM requeues through the run id stored beside the checkpoints (`RunDir.mlflow_run_id`, and the store
+that holds it in `RunDir.mlflow_store`). A run resumed against another store (MLFLOW_TRACKING_URI
 changed) cannot continue its MLflow run there: it starts a new one in that store and says so.
 """
 from __future__ import annotations
@@ -12,26 +13,61 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from pipeline.config import ExperimentConfig, flatten, to_yaml
 from pipeline.fsutil import atomic_write_text
+from pipeline.run_dir import RunDir
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-RUN_ID_FILE, STORE_FILE = "mlflow_run_id", "mlflow_store"  # in <run_dir>, kept across resumes and requeues
 log = logging.getLogger(__name__)
+
+# The tag schema (`pipeline.tracking.report` reads what this module writes). run_kind tells training runs
+# from report runs; the data tags decide whether two runs' bits/dim are comparable, and data_key joins them
+# into one value the UI's "Group by" can use.
+RUN_KIND_TAG, TRAIN_KIND, REPORT_KIND = "run_kind", "train", "report"
+DATA_TAGS = ("dataset_variant", "resize", "image_size", "manifest_sha256")
+DATA_KEY_TAG = "data_key"
+
+
+def data_key(tags: Mapping[str, Any]) -> str:
+    """e.g. `chrabaszcz-box/box/32px/3f2a...`: the data tags of a run as one value."""
+    key = "/".join(str(tags.get(k, "unknown")) for k in ("dataset_variant", "resize", "image_size"))
+    return key + f"px/{str(tags.get('manifest_sha256', 'unknown'))[:12]}"
+
+
+def resolve_uri(explicit: Optional[str] = None) -> str:
+    """The MLflow store: `explicit` (tracking.tracking_uri, --tracking-uri), then $MLFLOW_TRACKING_URI,
+    then the local SQLite store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
 def tracking_uri(cfg: ExperimentConfig) -> str:
-    """Config, then $MLFLOW_TRACKING_URI, then the local SQLite store."""
-    return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """The store an experiment logs to (`resolve_uri` of its tracking.tracking_uri)."""
+    return resolve_uri(cfg.tracking.tracking_uri)
 
 
-def recorded_run(run_dir: Path) -> Tuple[Optional[str], Optional[str]]:
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite store (`sqlite:///mlflow.db`) pinned to this directory: jobs may start elsewhere."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def store_missing(uri: str) -> bool:
+    """Whether a local store (SQLite file or file:// folder) does not exist yet (a server is never missing)."""
+    if uri.startswith("sqlite:///"):
+        return not Path(uri[len("sqlite:///"):]).exists()
+    if uri.startswith("file://") or "://" not in uri:
+        return not Path(uri.replace("file://", "", 1)).exists()
+    return False
+
+
+def recorded_run(run_dir: Union[Path, RunDir]) -> Tuple[Optional[str], Optional[str]]:
     """(MLflow run id, the store that holds it) recorded beside a run's checkpoints; None where not yet."""
-    id_file, store_file = Path(run_dir) / RUN_ID_FILE, Path(run_dir) / STORE_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else None
-    store = store_file.read_text().strip() if store_file.exists() else None
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run_id = run.mlflow_run_id.read_text().strip() if run.mlflow_run_id.exists() else None
+    store = run.mlflow_store.read_text().strip() if run.mlflow_store.exists() else None
     return run_id, store
 
 
@@ -55,35 +91,35 @@ def git_commit() -> str:
 class Tracker:
     """Thin wrapper over MLflow's fluent API; every method is a no-op off rank 0."""
 
-    def __init__(self, cfg: ExperimentConfig, enabled: bool, run_dir: Path):
+    def __init__(self, cfg: ExperimentConfig, enabled: bool, run_dir: Union[Path, RunDir]):
         self.enabled = enabled
         self.run_id: Optional[str] = None
         self.created = False  # a new MLflow run (params and config files still to log)
-        self.run_dir = Path(run_dir)
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         if not enabled:
             return
-        import mlflow
+        import mlflow  # here: only rank 0 pays for it (about 1 s), and the launcher reads run ids without it
         self.mlflow = mlflow
         uri = tracking_uri(cfg)
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(cfg.tracking.experiment)
-        run_id, before = recorded_run(self.run_dir)
+        run_id, before = recorded_run(self.run)
         if run_id and not self._in_store(run_id):
             log.warning("the MLflow run %s of %s is not in the store %s (it is in %s): starting a new MLflow run "
-                        "here; the earlier metrics stay where they are", run_id, self.run_dir, uri,
+                        "here; the earlier metrics stay where they are", run_id, self.run.root, uri,
                         before or "another store")
             run_id = None
         if run_id:  # a resumed run continues its MLflow run
             run = mlflow.start_run(run_id=run_id)
         else:
             run = mlflow.start_run(run_name=run_name(cfg))
-            atomic_write_text(self.run_dir / RUN_ID_FILE, run.info.run_id)
+            atomic_write_text(self.run.mlflow_run_id, run.info.run_id)
             self.created = True
-        atomic_write_text(self.run_dir / STORE_FILE, uri)
+        atomic_write_text(self.run.mlflow_store, uri)
         self.run_id = run.info.run_id
 
     def _in_store(self, run_id: str) -> bool:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # rank 0 only, as mlflow itself
         try:
             self.mlflow.tracking.MlflowClient().get_run(run_id)
         except MlflowException:
@@ -95,12 +131,8 @@ class Tracker:
         once per MLflow run: MLflow refuses to change a logged param)."""
         if not self.enabled:
             return
-        # run_kind tells training runs from `pipeline.tracking.report`'s report runs; data_key joins the tags that
-        # decide comparability into one value the UI's "Group by" can use.
-        data_key = "/".join(str(tags.get(k, "unknown")) for k in ("dataset_variant", "resize", "image_size"))
-        data_key += f"px/{str(tags.get('manifest_sha256', 'unknown'))[:12]}"
-        self.mlflow.set_tags({"run_kind": "train", "benchmark": cfg.tracking.experiment,
-                              "data_key": data_key, **tags})
+        self.mlflow.set_tags({RUN_KIND_TAG: TRAIN_KIND, "benchmark": cfg.tracking.experiment,
+                              DATA_KEY_TAG: data_key(tags), **tags})
         if self.created:
             params = {k: v for k, v in flatten(cfg).items() if not isinstance(v, dict)}
             # Headline hyperparameters also as short top-level names for the compare view.

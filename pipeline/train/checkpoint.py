@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from pipeline.fsutil import atomic_write_text
+from pipeline.train.distributed import is_collective_failure
 
 # torch is imported inside the functions that need it: the launcher reads `latest` without paying for it.
 
@@ -86,7 +87,7 @@ def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: 
     except RuntimeError as e:
         # torch.save reports a failed write as a RuntimeError ("unexpected pos", "file write failed"); a
         # collective inside save_checkpoint fails as one too, and that is a lost rank, not a disk problem.
-        if re.search(r"gloo|nccl|connection|timed? ?out", str(e), re.I):
+        if is_collective_failure(e):
             raise
         raise _write_error(ckpt_dir, tag, rank, e) from e
     dist.barrier()  # every rank's files are on disk before the checkpoint is declared complete

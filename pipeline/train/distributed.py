@@ -1,11 +1,19 @@
-"""Rank, world size and process-group set-up for DeepSpeed, from SLURM's or torchrun's environment."""
+"""Rank, world size and process-group set-up for DeepSpeed, from SLURM's or torchrun's environment; the
+per-micro-batch agreement of the ranks; and the one classifier of collective failures (a lost rank).
+
+torch is imported inside the functions: `dist_env` and `master_port` serve the launcher, which must not pay
+for torch before it submits.
+"""
 from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
+
+from pipeline.train.heartbeat import Heartbeat, describe, find_lost
 
 # A SLURM job's rendezvous port: MASTER_PORT_BASE + job id % MASTER_PORT_SPAN, below Linux's ephemeral
 # range (32768+) so that no outgoing connection can hold it; slurm/executors.py exports the same.
@@ -111,3 +119,49 @@ def agree(loss, stop_asked: bool) -> Tuple[bool, float, bool]:
     dist.all_reduce(flags)
     bad, total, stop = flags.tolist()
     return bad > 0, total, stop > 0
+
+
+class LostRankError(RuntimeError):
+    """A collective operation failed because another rank died or stopped answering."""
+
+
+# What gloo / NCCL / the c10d store say when a peer is gone or silent (connection reset, closed pipe, the
+# collective timeout `train.dist_timeout_s`).
+_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed? ?out|"
+                                 r"socket timeout|DistBackendError|DistNetworkError", re.I)
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether `err` is a failed collective (a peer died or went silent), the one test every caller uses.
+
+    torch's distributed errors are (DistError and its subclasses); gloo and older releases also raise a
+    plain RuntimeError whose message says so. The project's own errors subclass RuntimeError and are
+    never taken for one, whatever their message says (a shard path may well contain "timeout")."""
+    import torch.distributed as dist  # here, not at the top: dist_env() serves the torch-free launcher
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    return type(err) is RuntimeError and bool(_COLLECTIVE_FAILURE.search(str(err)))
+
+
+def lost_rank_error(err: BaseException, env: DistEnv, timeout_s: int,
+                    heartbeat: Optional[Heartbeat] = None) -> Optional[LostRankError]:
+    """`err` restated as a LostRankError naming the lost rank(s) and their node(s) from the heartbeats
+    (pipeline/train/heartbeat.py; without heartbeats exact for two ranks only: the other one), or None
+    when `err` is not a collective failure of a multi-rank run."""
+    if env.world_size < 2 or not is_collective_failure(err):
+        return None
+    others = [r for r in range(env.world_size) if r != env.rank]
+    lost = ""
+    if heartbeat is not None and heartbeat.started:
+        heartbeat.end("peer-lost", f"a collective operation failed: {type(err).__name__}")
+        lost = describe(find_lost(heartbeat.path.parent, env.world_size, env.rank, heartbeat.info.launch,
+                                  window_s=2.5 * heartbeat.interval_s))
+    if not lost:  # no heartbeats (train.heartbeat_s=0, or lost before they started)
+        lost = (f"lost rank {others[0]}" if len(others) == 1 else
+                f"lost one of ranks {others} (the launcher's report names which: torchrun's 'Root Cause', "
+                f"SLURM's task exit)")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return LostRankError(f"rank {env.rank} of {env.world_size}: a collective operation failed: {lost} "
+                         f"(a peer that dies breaks the connection at once; a silent one fails it after "
+                         f"train.dist_timeout_s={timeout_s} s): {type(err).__name__}: {first[:500]}; resume "
+                         f"from the last checkpoint by starting the job again")
