@@ -85,7 +85,7 @@ def read_class_map(path: Path) -> Dict[int, str]:
 
 def _read_meta_mat(path: Path) -> Dict[int, str]:
     try:
-        import scipy.io
+        import scipy.io  # only for the devkit's meta.mat: an optional dependency, hence the clear error below
     except ImportError:
         raise PreprocessError(f"reading {path} needs scipy (pip install scipy); or pass a text "
                               "class map ('<wnid> <id>' per line, like map_clsloc.txt)") from None

@@ -15,11 +15,11 @@ from pipeline.tracking.baselines import codec_bits_per_dim, webp_available
 from pipeline.compression.codec import decode_file, encode_images, load_model
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.compression.rangecoding import bits_per_dim
+from pipeline.data.shards import split_batches
 
 
 def split_images(root: str, size: int, split: str) -> torch.Tensor:
     """Every image of a shard split, uint8 [N, 3, size, size], in shard order."""
-    from pipeline.data.shards import split_batches
     return torch.cat(list(split_batches(root, size, split, 256)))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
+from matplotlib.figure import Figure  # without pyplot: drawn by Agg, no display or backend needed
 
 from pipeline.config import from_yaml_text
 from pipeline.data.shards import split_batches
@@ -40,9 +41,6 @@ def val_history(run: RunDir) -> List[Tuple[int, float]]:
 
 def plot_curve(run: RunDir, path: Path, title: str) -> None:
     """The learning curve with the codec baselines as horizontal lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
     train = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
     steps = [m["step"] for m in train]
     values = [m["train_bits_per_dim"] for m in train]

@@ -12,7 +12,10 @@ from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image, features
+
+from pipeline.data.shards import split_batches
 
 
 def png_bytes(image: np.ndarray) -> int:
@@ -58,7 +61,6 @@ def codec_bits_per_dim(batches: Iterable[torch.Tensor], codecs: Optional[Iterabl
 
 def split_codec_bits_per_dim(root, size: int, split: str, batch_size: int = 64) -> Dict[str, float]:
     """`codec_bits_per_dim` over a whole shard split (`<root>/<size>/<split>-*.tar`)."""
-    from pipeline.data.shards import split_batches
     return codec_bits_per_dim(split_batches(root, size, split, batch_size))
 
 
@@ -71,7 +73,6 @@ def codec_baselines(root, size: int, split: str, is_main: bool, world_size: int)
         r = split_codec_bits_per_dim(root, size, split)
         values = {f"{c}_bits_per_dim": r[c] for c in CODECS if c in r}
     if world_size > 1:
-        import torch.distributed as dist
         box = [values]
         dist.broadcast_object_list(box, src=0)
         values = box[0]

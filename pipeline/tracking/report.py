@@ -25,10 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import mlflow
+import numpy as np
 import yaml
+from mlflow.entities import RunStatus
 
 from pipeline.config import REPO_ROOT
 from pipeline.fsutil import atomic_write_text
+from pipeline.tracking.report_plots import plot_runs
 from pipeline.tracking.tracker import DATA_TAGS, DEFAULT_URI, REPORT_KIND, RUN_KIND_TAG, resolve_uri, store_missing
 
 BENCHMARKS_FILE = REPO_ROOT / "configs" / "benchmarks.yaml"
@@ -65,7 +69,6 @@ class RunSummary:
         """Device-hours at each evaluation step (interpolated from the logged device_hours)."""
         if not self.hours_history:
             return []
-        import numpy as np
         s, h = zip(*self.hours_history)
         return [float(x) for x in np.interp([st for st, _ in self.val_history], s, h, left=0.0)]
 
@@ -220,7 +223,6 @@ def render_experiment(rep: ExperimentReport, bench: Optional[dict], sources: dic
 
 def log_report_run(client, rep: ExperimentReport, files: Sequence[Path]) -> str:
     """A run of its own in the experiment, tagged so nobody (and no later report) takes it for training."""
-    from mlflow.entities import RunStatus
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     run = client.create_run(rep.experiment_id, run_name=f"report-{stamp}", tags={
         RUN_KIND_TAG: REPORT_KIND,
@@ -238,7 +240,6 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
     benchmarks = load_benchmarks(benchmarks_file)
     if store_missing(tracking_uri):
         return EXIT_OK, f"No MLflow store at {tracking_uri}: no runs to report."
-    import mlflow
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     if experiments:
         exps = []
@@ -255,7 +256,6 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
     if not reports:
         return EXIT_OK, (f"No training runs with {VAL} in experiment(s) {names} of {tracking_uri}: "
                          f"nothing to report (no file written).")
-    from pipeline.tracking.report_plots import plot_runs
     out = Path(out)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["# Bits/dim benchmark report", "",

@@ -5,6 +5,8 @@ import io
 from pathlib import Path
 from typing import List, Sequence
 
+from matplotlib.figure import Figure  # without pyplot: drawn by Agg, no display or backend needed
+
 from pipeline.fsutil import atomic_write_bytes
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -13,10 +15,6 @@ LINESTYLES = ("-", "--", ":", "-.")
 def plot_runs(runs: Sequence, published: List[dict], title: str, path: Path) -> None:
     """One PNG, two panels; one line per run (`RunSummary`), one line style per data group, the
     published numbers as grey horizontal lines. Written atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(12, 4.8), dpi=100)
     ax_step, ax_hours = fig.subplots(1, 2, sharey=True)
     groups = sorted({r.data_key for r in runs})

@@ -17,6 +17,7 @@ rank loads the universal form (`"checkpoint": {"load_universal": true}`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -29,7 +30,6 @@ from typing import Any, Dict, Optional
 from pipeline.fsutil import atomic_write_text
 from pipeline.train.distributed import is_collective_failure
 
-# torch is imported inside the functions that need it: the launcher reads `latest` without paying for it.
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step(\d{8})$")
@@ -70,11 +70,11 @@ def read_meta(ckpt_dir: Path, tag: str) -> Dict[str, Any]:
 def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: Dict[str, Any],
          keep_last: int, rank: int) -> str:
     """Every rank calls this at the same step. Returns the tag."""
-    import torch
-    import torch.distributed as dist
+    import torch  # torch and DeepSpeed only where a checkpoint is written or read: the launcher reads
+    import torch.distributed as dist  # `latest` (latest_step) from this module without paying for them
     ckpt_dir = Path(ckpt_dir)
-    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+    from deepspeed.checkpoint.constants import (  # as torch, above
+        UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE)
     tag = tag_for(step)
     # ds_to_universal refuses checkpoints without this entry; it makes elastic resume possible.
     client_state = dict(client_state, **{UNIVERSAL_CHECKPOINT_INFO: {
@@ -104,7 +104,6 @@ def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: 
 
 def _write_error(ckpt_dir: Path, tag: str, rank: int, err: BaseException) -> CheckpointError:
     """A failed checkpoint write, explained: torch.save reports a full disk only as "file write failed"."""
-    import errno
     free = None
     try:
         free = shutil.disk_usage(ckpt_dir).free
@@ -146,7 +145,7 @@ def _prune(ckpt_dir: Path, keep_last: int, newest: str) -> None:
 def load(engine, ckpt_dir: Path, tag: str, rank: int) -> Dict[str, Any]:
     """Load model, optimizer, scheduler and this rank's RNG state from `tag` (a plain or a universal
     checkpoint folder). Returns the client state."""
-    import torch
+    import torch  # not at the top: see save()
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:
@@ -159,7 +158,7 @@ def load(engine, ckpt_dir: Path, tag: str, rank: int) -> Dict[str, Any]:
 
 def universal_tag(ckpt_dir: Path, tag: str, rank: int) -> str:
     """Convert `tag` to DeepSpeed's universal format (rank 0, once; all ranks wait). Returns its tag."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # not at the top: see save()
     ckpt_dir = Path(ckpt_dir)
     out = ckpt_dir / f"{tag}{UNIVERSAL}"
     if rank == 0 and not out.exists():

@@ -52,7 +52,7 @@ def dist_env() -> DistEnv:
 
 def resolve_device(requested: str) -> str:
     """'auto' -> cuda when a GPU is visible, else cpu. Sets DS_ACCELERATOR before deepspeed is imported."""
-    import torch
+    import torch  # torch in the functions only: dist_env() and master_port serve the torch-free launcher
     device = requested
     if requested == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -93,8 +93,8 @@ def init_distributed(env: DistEnv, device: str, timeout_s: int) -> None:
     """Start the process group (gloo on CPU, NCCL on GPU) with the configured collective timeout."""
     os.environ.update(RANK=str(env.rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.world_size),
                       MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
-    import deepspeed
-    import torch
+    import deepspeed  # after resolve_device set DS_ACCELERATOR, which DeepSpeed reads at import
+    import torch  # in the functions only: see resolve_device
     if device == "cpu":
         _skip_shm_comm_build()
     else:
@@ -110,8 +110,8 @@ def agree(loss, stop_asked: bool) -> Tuple[bool, float, bool]:
     sum of the ranks' losses, stop asked on any rank). All ranks then take the same decision, so their
     collectives never diverge. The flags live on the loss's device (NCCL reduces CUDA tensors only);
     their one `.tolist()` waits for the forward, not three `.item()` calls."""
-    import torch
-    import torch.distributed as dist
+    import torch  # in the functions only: see resolve_device
+    import torch.distributed as dist  # as torch
     value = loss.detach().to(torch.float64)
     finite = torch.isfinite(value)
     flags = torch.stack([(~finite).to(torch.float64), torch.where(finite, value, 0.0),

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from pipeline.config import ExperimentConfig, OptimConfig
+from pipeline.models import build_model, compile_cells
 from pipeline.models.objective import BitsPerDim
 from pipeline.train.optim import RMSprop
 
@@ -19,7 +20,6 @@ def model_config(cfg: ExperimentConfig) -> Dict[str, Any]:
 
 def build(cfg: ExperimentConfig) -> torch.nn.Module:
     """The model the config describes (same initialisation on every rank: seed first)."""
-    from pipeline.models import build_model
     return build_model(cfg.model)
 
 
@@ -46,11 +46,10 @@ def lr_lambda(o: OptimConfig, max_steps: int) -> Callable[[int], float]:
 
 def initialize(cfg: ExperimentConfig, ds_config: Dict[str, Any]) -> Tuple[Any, torch.nn.Module]:
     """(DeepSpeed engine, bare model). The engine's forward returns per-sample bits/dim."""
-    import deepspeed
+    import deepspeed  # only after resolve_device set DS_ACCELERATOR, which DeepSpeed reads at import
     torch.manual_seed(cfg.train.seed)
     model = build(cfg)
     if cfg.train.compile == "cell":
-        from pipeline.models import compile_cells
         compile_cells(model)
     objective = BitsPerDim(model)
     optimizer = make_optimizer(cfg.optim, objective.parameters())

@@ -11,6 +11,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from pipeline.models import build_model
 from pipeline.train.checkpoint import CheckpointError, latest_tag, read_meta
 
 PREFIX = "model."  # the training objective wraps the model as `.model`
@@ -28,6 +29,7 @@ def _resolve(path: Path) -> Tuple[Path, str]:
 
 def consolidated_state(ckpt: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
     """(model config, fp32 state dict) from a DeepSpeed checkpoint, whatever its ZeRO stage."""
+    # DeepSpeed (4-5 s to import) only for its partitioned checkpoints: a model.pt needs none of it
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     folder, tag = _resolve(Path(ckpt))
     meta = read_meta(folder, tag)
@@ -42,7 +44,6 @@ def consolidated_state(ckpt: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tens
 
 def load_checkpoint_model(path: str | Path, device: str = "cpu") -> torch.nn.Module:
     """A model from an exported .pt file or a DeepSpeed checkpoint folder."""
-    from pipeline.models import build_model
     path = Path(path)
     if path.is_file():
         blob = torch.load(path, weights_only=True, map_location=device)
