@@ -218,3 +218,17 @@ def test_non_finite_losses_stop_the_run_with_a_checkpoint(smoke_data, tmp_path):
     assert (run / "checkpoints" / "latest").read_text() == "step00000001"
     meta = json.loads((run / "checkpoints" / "step00000001" / "meta.json").read_text())
     assert meta["step"] == 1
+
+
+def test_multiscale_at_zero3_samples_during_training_and_finishes(smoke_data, tmp_path):
+    """The multi-scale model under ZeRO-3 with a sample grid at a mid-run evaluation: sampling on rank 0
+    alone used to leave DeepSpeed's ZeRO-3 parameter trace out of step (the upsampler ran on one rank), and
+    the next training step hung in a collective only rank 0 entered."""
+    run = tmp_path / "ms"
+    proc = train_2ranks(run, smoke_data, ["model.name=multiscale", "model.layers=1", "model.base=row_lstm",
+                                          "train.zero_stage=3", "train.precision=fp32", "train.max_steps=4",
+                                          "train.eval_every=2", "train.sample_every_eval=2", "checkpoint.every=2",
+                                          "train.zero3_persistence_threshold=0"], timeout=240)
+    _ok(proc)
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4]
+    assert (run / "samples" / "step00000002.png").exists() and (run / "samples" / "step00000004.png").exists()

@@ -349,10 +349,13 @@ class Trainer:
         ctx = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
                if cfg.train.zero_stage == 3 else contextlib.nullcontext())
         with ctx, torch.no_grad():
+            # Every rank draws the same grid (one seeded generator; the global RNG is untouched): under ZeRO-3
+            # a module called on one rank alone (the multi-scale model's upsampler) puts DeepSpeed's parameter
+            # trace out of step, and the next training forward then waits forever for the other ranks.
+            images = model.sample(cfg.train.sample_every_eval, generator=torch.Generator().manual_seed(cfg.train.seed))
             if self.env.is_main:
                 path = self.run.sample_grid(self.state.step)
-                save_grid(model.sample(cfg.train.sample_every_eval,
-                                       generator=torch.Generator().manual_seed(cfg.train.seed)), path)
+                save_grid(images, path)
                 self.tracker.artifact(path, "samples")
         dist.barrier()
 
