@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from pipeline.run_dir import RunDir
+
 REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -47,7 +49,7 @@ def free_port() -> int:
 
 def metrics(run_dir: Path) -> List[Dict]:
     """Per-step training records of rank 0 (`metrics.jsonl`); a line being appended right now is left out."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return []
     out = []
