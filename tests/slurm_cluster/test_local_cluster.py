@@ -29,7 +29,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "dev" / "local-cluster.sh")
 START_HINT = f"start it with: sudo {SCRIPT} start --nodes 2"
-HOSTS_BEGIN = "# BEGIN pixelrnn slurm/local-cluster.sh"
+HOSTS_BEGIN = "# BEGIN pixelrnn slurm/local-cluster.sh"  # the mark the script writes (its former path, kept)
 
 
 def _run(*cmd: str, timeout: float = 15) -> subprocess.CompletedProcess:
