@@ -14,10 +14,10 @@ smoke: install
 	$(PYTHON) slurm/submit.py --exp smoke --follow
 
 cluster:
-	bash slurm/local-cluster.sh start --nodes 2
+	bash dev/local-cluster.sh start --nodes 2
 
 cluster-stop:
-	bash slurm/local-cluster.sh stop
+	bash dev/local-cluster.sh stop
 
 # Headless Chromium for the MLflow UI test: Debian's package, driven by playwright (never `playwright install`).
 browser:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Deque, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from shardformat import manifest_path, shard_name, size_dir
 
@@ -28,6 +26,7 @@ from .errors import PreprocessError
 from .fsutil import read_json, sha256_file
 from .imaging import MAX_SIZE, MIN_SIZE, RESIZE_METHODS, SkipImage, png_encoder, render
 from .manifest import cleanup, make_manifest, prepare_output, read_state, write_manifest
+from .progress import progress_bar
 from .shards import PartWriter, blocks_of, layout, load_summaries, part_path, write_shard
 from .source_types import make_keys
 from .sources import open_source
@@ -213,8 +212,8 @@ def _render_blocks(ctx: _Context, jobs, method, exif_transpose, workers, progres
         results = _in_order(pool, tasks, window=4 * workers)
     skipped_total = 0
     try:
-        with tqdm(total=total, unit="img", file=sys.stderr, disable=not progress, mininterval=1.0,
-                  desc=f"{ctx.split} {'/'.join(map(str, sorted({s for _, ss in jobs for s in ss})))}px") as bar:
+        sizes = "/".join(map(str, sorted({s for _, ss in jobs for s in ss})))
+        with progress_bar(total, f"{ctx.split} {sizes}px", progress) as bar:
             for b, bsizes in jobs:
                 writers = {s: PartWriter(ctx.out, s, ctx.split, b) for s in bsizes}
                 skipped = []

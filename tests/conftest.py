@@ -22,11 +22,11 @@ def smoke_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> None:
-    """The local SLURM cluster must answer (`slurm/local-cluster.sh start`, which `make test` runs)."""
+    """The local SLURM cluster must answer (`dev/local-cluster.sh start`, which `make test` runs)."""
     out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     assert out.returncode == 0 and "UP" in out.stdout, (
         f"no SLURM controller answers ({out.stdout.strip()} {out.stderr.strip()}): "
-        f"run `bash slurm/local-cluster.sh start` first")
+        f"run `bash dev/local-cluster.sh start` first")
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def two_nodes(slurm_cluster) -> list:
                     if state in ("idle", "mixed", "allocated", "completing")})  # "idle*": not responding
     assert len(nodes) >= 2, (
         f"the multi-node tests need a SLURM cluster of at least 2 usable nodes; sinfo says:\n{out.stdout}{out.stderr}"
-        f"start one with `bash slurm/local-cluster.sh start --nodes 2` (what `make cluster` runs)")
+        f"start one with `bash dev/local-cluster.sh start --nodes 2` (what `make cluster` runs)")
     return nodes
 
 

@@ -218,3 +218,18 @@ def test_compare_prints_the_table_from_one_real_round_trip(tmp_path, smoke_data,
     assert (tmp_path / "val.prc").stat().st_size * 8 / (64 * 3 * 8 * 8) == pytest.approx(file_bpd, abs=1e-4)
     assert abs(rows["model: sum of -log2 p (incremental pass, float32)"]
                - rows["model: bits/dim of the whole-image forward (as validation)"]) < 1e-3
+
+
+def test_encode_and_decode_write_lines_to_a_log(tmp_path, capsys):
+    """stderr is not a terminal under capsys: what a SLURM output file gets."""
+    ckpt, x = export(tmp_path / "model.pt"), images(5)
+    model, sha = load_model(ckpt)
+    data, _ = encode_images(model, sha, x, None, ckpt, batch_size=3, progress=True)
+    y, _, _ = decode_file(data, ckpt, progress=True)
+    assert torch.equal(x, y)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    for step in ("encode", "decode"):
+        lines = [line for line in err.splitlines() if line.startswith(f"{step}: ")]
+        assert lines[0] == f"{step}: 0/5 images (0 %), ? images/s, ETA ?" and len(lines) == 2, err
+        assert lines[1].startswith(f"{step}: 5/5 images (100 %), ") and lines[1].endswith(" images/s, ETA 00:00"), err

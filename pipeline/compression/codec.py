@@ -29,6 +29,7 @@ from PIL import Image
 from pipeline.compression import prc
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.compression.rangecoding import SUPPORTED, coder_info, decode_batch, encode_batch, rows_per_image
+from pipeline.progress import progress
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONVERTIBLE = ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr")  # 8-bit modes convert("RGB") maps exactly
@@ -97,9 +98,9 @@ def read_images(paths: Sequence[str], size: int, convert: bool = False) -> Tuple
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="image", disable=not enabled, file=sys.stderr,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
+    # a bar on a terminal; in a log (SLURM's output file, a pipe) a line every 30 s instead of '\r' frames
+    return progress(total, desc, "image", enabled,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
 
 
 def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, names: Optional[List[str]],

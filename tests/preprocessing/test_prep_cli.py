@@ -16,7 +16,7 @@ def test_synthetic_build_info_verify(tmp_path):
                 "--shard-size", 10, "--workers", 2)
     assert r.returncode == 0, r.stderr
     assert "size 64: 24 samples, 3 shards, 4 classes, 1 skipped" in r.stdout
-    assert "img/s" in r.stderr                       # tqdm progress on stderr
+    assert "images/s, ETA" in r.stderr and "\r" not in r.stderr   # progress lines on stderr (a pipe)
     r = run_cli("info", out)
     assert r.returncode == 0 and "[32px train] 24 samples in 3 shards" in r.stdout
     assert "class_000/broken.jpg: empty file" in r.stdout

@@ -1,9 +1,9 @@
-"""End-to-end checks of the local SLURM cluster started by ``slurm/local-cluster.sh start --nodes 2``.
+"""End-to-end checks of the local SLURM cluster started by ``dev/local-cluster.sh start --nodes 2``.
 
 These tests talk to the real cluster (slurmctld + one slurmd per node + slurmdbd on 127.0.0.1) through
 submitit and SLURM's own commands. They FAIL (not skip) when the controller does not answer: start it with
 
-    sudo slurm/local-cluster.sh start --nodes 2
+    sudo dev/local-cluster.sh start --nodes 2
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = str(REPO / "slurm" / "local-cluster.sh")
+SCRIPT = str(REPO / "dev" / "local-cluster.sh")
 START_HINT = f"start it with: sudo {SCRIPT} start --nodes 2"
-HOSTS_BEGIN = "# BEGIN pixelrnn slurm/local-cluster.sh"
+HOSTS_BEGIN = "# BEGIN pixelrnn slurm/local-cluster.sh"  # the mark the script writes (its former path, kept)
 
 
 def _run(*cmd: str, timeout: float = 15) -> subprocess.CompletedProcess:
