@@ -30,9 +30,6 @@ __all__ = ["BASE_DIR", "EXPERIMENTS_DIR", "REPO_ROOT", "ConfigError", "Experimen
            "get_args_parser"]
 
 
-                                    # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
-
-
 def _schema(model_name: str) -> ExperimentConfig:
     """Defaults of an experiment whose model is `model_name` (its typed config in the `model:` section)."""
     if model_name not in CONFIGS:

@@ -64,6 +64,7 @@ class TrainConfig:
                                     # ranks and nodes (pipeline/train/heartbeat.py); 0: none
     device: str = "auto"            # auto | cpu | cuda
     compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
+                                    # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
 
 
 @dataclass
