@@ -96,8 +96,7 @@ def config(exp: str, overrides: List[str], precision: str, batch: int, device: s
     return load_config(exp, [*overrides, *(SMOKE if smoke else []), f"train.precision={precision}",
                              f"train.device={device}", "train.zero_stage=2", f"train.micro_batch_size={batch}",
                              f"train.global_batch_size={batch}", f"train.compile={compile_mode}",
-                             f"data.root={REPO}", f"train.max_steps={steps}", "slurm.nodes=1",
-                             f"slurm.gpus_per_node={1 if device == 'cuda' else 0}", "slurm.tasks_per_node=1"])
+                             f"data.root={REPO}", f"train.max_steps={steps}"])
 
 
 def images(batch: int, size: int, device: str, seed: int = 0):

@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.train.distributed import MASTER_PORT_BASE, MASTER_PORT_SPAN
+from slurm.config import JobConfig
 
 # The job's rendezvous, exported by the sbatch script itself (before srun starts the tasks, which inherit
 # it), so that `--dry-run` shows exactly what every task uses: the first node of the allocation, and a port
@@ -34,16 +34,7 @@ def slurm_available() -> bool:
     return out.returncode == 0 and "UP" in out.stdout
 
 
-def tasks_per_node(cfg: ExperimentConfig) -> int:
-    """One task per GPU; on CPU-only nodes (`gpus_per_node: 0`) `tasks_per_node` (default 1)."""
-    s = cfg.slurm
-    if s.gpus_per_node and s.tasks_per_node and s.tasks_per_node != s.gpus_per_node:
-        raise ConfigError(f"'slurm.tasks_per_node' ({s.tasks_per_node}) differs from 'slurm.gpus_per_node' "
-                          f"({s.gpus_per_node}): training runs one task per GPU; leave tasks_per_node at 0")
-    return s.tasks_per_node or s.gpus_per_node or 1
-
-
-def slurm_parameters(cfg: ExperimentConfig, *, nodes: int, tasks: int, gpus_per_node: int,
+def slurm_parameters(cfg: JobConfig, *, nodes: int, tasks: int, gpus_per_node: int,
                      name: Optional[str] = None) -> Dict[str, Any]:
     """submitit's `update_parameters` for SLURM: the config's resources, for `nodes` x `tasks`."""
     s = cfg.slurm
@@ -61,11 +52,11 @@ def slurm_parameters(cfg: ExperimentConfig, *, nodes: int, tasks: int, gpus_per_
     return params
 
 
-def make_executor(cfg: ExperimentConfig, local: bool, folder: Path):
-    """The training job's executor: nodes x (one task per GPU)."""
+def make_executor(cfg: JobConfig, local: bool, folder: Path):
+    """The training job's executor: nodes x (one task per GPU; slurm/config.py has refused any other layout)."""
     import submitit
     s = cfg.slurm
-    tasks = tasks_per_node(cfg)
+    tasks = s.ranks_per_node()
     if local:
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(nodes=1, tasks_per_node=tasks * s.nodes, timeout_min=s.timeout_min,
@@ -77,7 +68,7 @@ def make_executor(cfg: ExperimentConfig, local: bool, folder: Path):
     return ex
 
 
-def make_single_task_executor(cfg: ExperimentConfig, local: bool, folder: Path, name: str, **extra: Any):
+def make_single_task_executor(cfg: JobConfig, local: bool, folder: Path, name: str, **extra: Any):
     """One task, no GPU (preprocessing): the config's CPUs, memory, time, partition, account, ..."""
     import submitit
     if local:

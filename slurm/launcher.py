@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional
 
 import submitit
 
-from pipeline.config import ExperimentConfig
+from slurm.config import JobConfig
 
 log = logging.getLogger("slurm.launcher")
 
@@ -52,9 +52,11 @@ def _stop_wait_s() -> float:
 
 
 class Trainer(submitit.helpers.Checkpointable):
-    """Picklable job: `Trainer(cfg)()` trains (or resumes) the experiment on this task's rank."""
+    """Picklable job: `Trainer(cfg)()` trains (or resumes) the experiment on this task's rank. `cfg` is the
+    submission's JobConfig: `train` takes it as the ExperimentConfig it extends (its MLflow params and saved
+    config.yaml keep the `slurm:` section)."""
 
-    def __init__(self, cfg: ExperimentConfig):
+    def __init__(self, cfg: JobConfig):
         self.cfg = cfg
 
     def __call__(self) -> Dict[str, Any]:

@@ -15,8 +15,9 @@ from typing import Any, Dict, List
 
 import submitit
 
-from pipeline.config import ConfigError, ExperimentConfig, PreprocessConfig
+from pipeline.config import ConfigError
 from slurm import jobs as jobs_mod
+from slurm.config import JobConfig, PreprocessConfig, build_kwargs
 from slurm.executors import make_single_task_executor, sbatch_script
 
 
@@ -29,12 +30,7 @@ class BuildTask(submitit.helpers.Checkpointable):
 
     def __call__(self, task_id: int) -> Dict[str, Any]:
         import preprocessing
-        p = self.p
-        return preprocessing.build(p.source, p.split, p.sizes, p.out, workers=p.workers,
-                                   shard_size=p.shard_size, resize=p.resize, seed=p.seed,
-                                   val_labels=p.val_labels or None, class_map=p.class_map or None,
-                                   num_tasks=p.num_tasks, task_id=task_id, overwrite=p.overwrite,
-                                   progress=False, label_order=p.label_order)
+        return preprocessing.build(**build_kwargs(self.p), task_id=task_id, progress=False)
 
 
 class FinalizeTask:
@@ -51,7 +47,7 @@ class FinalizeTask:
                 for size, m in manifests.items()}
 
 
-def check_inputs(cfg: ExperimentConfig) -> None:
+def check_inputs(cfg: JobConfig) -> None:
     """The inputs must exist before anything is submitted (checked here, not at config load, so that
     an experiment file can be loaded and inspected on a machine without the data)."""
     p = cfg.preprocess
@@ -61,7 +57,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"'preprocess.{key}' does not exist: {value}")
 
 
-def absolutize(cfg: ExperimentConfig) -> None:
+def absolutize(cfg: JobConfig) -> None:
     """Jobs may start in another directory: pin the source and output paths now."""
     p = cfg.preprocess
     p.source = str(Path(p.source).resolve())
@@ -71,7 +67,7 @@ def absolutize(cfg: ExperimentConfig) -> None:
             setattr(p, key, str(Path(getattr(p, key)).resolve()))
 
 
-def _executors(cfg: ExperimentConfig, local: bool, folder: Path, array_job_id: str = "<ARRAY_JOB_ID>"):
+def _executors(cfg: JobConfig, local: bool, folder: Path, array_job_id: str = "<ARRAY_JOB_ID>"):
     p = cfg.preprocess
     build_ex = make_single_task_executor(cfg, local, folder, f"{cfg.name}-build",
                                          slurm_array_parallelism=p.array_parallelism or p.num_tasks)
@@ -81,7 +77,7 @@ def _executors(cfg: ExperimentConfig, local: bool, folder: Path, array_job_id: s
     return build_ex, finalize_ex
 
 
-def dry_run(cfg: ExperimentConfig, use_slurm: bool, folder: Path) -> str:
+def dry_run(cfg: JobConfig, use_slurm: bool, folder: Path) -> str:
     """The two sbatch scripts (array, then finalize) or, locally, what would run."""
     p = cfg.preprocess
     if not use_slurm:
@@ -92,7 +88,7 @@ def dry_run(cfg: ExperimentConfig, use_slurm: bool, folder: Path) -> str:
             f"# 2/2: finalize, after every array task succeeded\n{sbatch_script(finalize_ex)}")
 
 
-def submit(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow: bool) -> int:
+def submit(cfg: JobConfig, use_slurm: bool, folder: Path, follow: bool) -> int:
     """Submit (or run locally) the array and finalize; with follow (always locally) wait and report."""
     p = cfg.preprocess
     build_ex, _ = _executors(cfg, not use_slurm, folder)

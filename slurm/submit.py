@@ -2,7 +2,8 @@
 
 Goes through SLURM (submitit) when a controller answers `scontrol ping`, else runs the same job locally
 through submitit's local executor with as many tasks as the config asks (`--local` forces that).
-The arguments are the training script's own (`pipeline.train.get_args_parser`) plus launch options.
+The arguments are the training script's own (`pipeline.config.get_args_parser`) plus launch options,
+which are `slurm.*` overrides of the experiment as a job (slurm/config.py: `load_job_config`).
 Training experiments (`kind: train`) run one task per GPU (slurm/launcher.py: time-outs checkpoint and
 requeue); preprocessing experiments (`kind: preprocess`) run a build array plus finalize
 (slurm/preprocess_job.py). Exit status: 0 done (or submitted), 1 the job failed, was cancelled or
@@ -21,13 +22,13 @@ from typing import List, Optional
 if __name__ == "__main__" and not __package__:  # `python slurm/submit.py`: a script, not an import
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, installed or not
 
-from pipeline.config import (ConfigError, ExperimentConfig, check_data_paths, get_args_parser,  # noqa: E402
-                             load_config, to_yaml)
+from pipeline.config import ConfigError, ExperimentConfig, check_data_paths, get_args_parser, to_yaml  # noqa: E402
 from pipeline.config.files import list_experiments  # noqa: E402
 from pipeline.run_dir import RunDir  # noqa: E402
 from pipeline.tracking.tracker import absolute_uri, recorded_run, tracking_uri  # noqa: E402
 from pipeline.train.checkpoint import CheckpointError, latest_step  # noqa: E402
 from slurm import jobs  # noqa: E402
+from slurm.config import JobConfig, load_job_config  # noqa: E402
 from slurm.executors import make_executor, sbatch_script, slurm_available  # noqa: E402
 
 
@@ -87,7 +88,7 @@ def prepare_data(cfg: ExperimentConfig) -> None:
         preprocessing.prepare_photos(d.root, cfg.model.image_size, val_scenes=d.photo_val_scenes, **splits)
 
 
-def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow: bool) -> int:
+def submit_training(cfg: JobConfig, use_slurm: bool, folder: Path, follow: bool) -> int:
     """Submit `Trainer(cfg)`; locally (or with follow) wait for it and report how it ended."""
     executor = make_executor(cfg, not use_slurm, folder)
     prepare_data(cfg)
@@ -96,7 +97,7 @@ def submit_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path, follow
     job = executor.submit(Trainer(cfg))
     where = "SLURM" if use_slurm else "local executor"
     run_dir = Path(cfg.output_dir)
-    print(f"submitted {cfg.name} as job {job.job_id} ({where}, {cfg.ranks()} task(s))")
+    print(f"submitted {cfg.name} as job {job.job_id} ({where}, {cfg.slurm.ranks()} task(s))")
     print(f"  logs:        {job.paths.stdout} / {job.paths.stderr}  (rank 0; other ranks beside them)")
     print(f"  checkpoints: {RunDir(run_dir).checkpoints}  (resumes from 'latest' when present)")
     print(f"  MLflow:      {mlflow_run_text(run_dir, cfg.tracking.tracking_uri)} in experiment "
@@ -164,11 +165,11 @@ def already_complete(cfg: ExperimentConfig) -> Optional[str]:
             f"  train it further:   add  train.max_steps={2 * step}  (resumes from step {step})")
 
 
-def dry_run_training(cfg: ExperimentConfig, use_slurm: bool, folder: Path) -> str:
+def dry_run_training(cfg: JobConfig, use_slurm: bool, folder: Path) -> str:
     executor = make_executor(cfg, not use_slurm, folder)
     if use_slurm:
         return sbatch_script(executor)
-    return f"# no SLURM controller answers: would run locally with {cfg.ranks()} task(s)\n{to_yaml(cfg)}"
+    return f"# no SLURM controller answers: would run locally with {cfg.slurm.ranks()} task(s)\n{to_yaml(cfg)}"
 
 
 def warn_missing(check, cfg: ExperimentConfig) -> None:
@@ -188,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         # Data paths are checked below: a dry run (e.g. on a login node that does not see the data) only
         # warns about them, a real submission refuses them.
-        cfg = load_config(args.exp, args.overrides + resource_overrides(args))
+        cfg = load_job_config(args.exp, args.overrides + resource_overrides(args))
         use_slurm = not args.local and slurm_available()
         if cfg.kind == "preprocess":
             from slurm import preprocess_job

@@ -64,7 +64,8 @@ def test_the_format_is_imported_by_both_sides():
 
 def test_loading_and_refusing_configs_imports_no_torch():
     code = ("import sys; import pipeline.config, pipeline.models, slurm.submit; "
-            "pipeline.config.load_config('imagenet64_multiscale'); print('torch' in sys.modules)")
+            "pipeline.config.load_config('imagenet64_multiscale'); slurm.config.load_job_config('preprocess_imagenet'); "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

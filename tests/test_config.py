@@ -8,23 +8,27 @@ import time
 import pytest
 
 from pipeline.config import (EXPERIMENTS_DIR, ConfigError, check_data_paths, config_layers, flatten,
-                             from_yaml_text, load_config, to_yaml)
+                             from_yaml_text, load_config, to_yaml, validate)
 from pipeline.train.ds_config import deepspeed_config
+from slurm.config import load_job_config
 
 from helpers import REPO
 
 ALL_EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+TRAINING_EXPERIMENTS = [n for n in ALL_EXPERIMENTS if load_job_config(n).kind == "train"]
 
 
 @pytest.mark.parametrize("name", ALL_EXPERIMENTS)
 def test_every_experiment_loads(name):
-    cfg = load_config(name)
+    cfg = load_job_config(name)
     assert cfg.name == name and cfg.description
-    assert cfg.train.global_batch_size % (cfg.train.micro_batch_size * cfg.ranks()) == 0
+    if cfg.kind == "train":  # as submitted, and as trained (without the launcher's sections)
+        assert cfg.train.global_batch_size % (cfg.train.micro_batch_size * cfg.slurm.ranks()) == 0
+        assert load_config(name).name == name
 
 
 def test_paper_sizes_are_the_configs():
-    sizes = {n: load_config(n).model for n in ALL_EXPERIMENTS}
+    sizes = {n: load_config(n).model for n in TRAINING_EXPERIMENTS}
     assert (sizes["cifar10_pixelcnn"].layers, sizes["cifar10_pixelcnn"].hidden) == (15, 128)
     assert (sizes["cifar10_diagonal_bilstm"].layers, sizes["cifar10_diagonal_bilstm"].hidden) == (12, 128)
     assert (sizes["imagenet32_row_lstm"].layers, sizes["imagenet32_row_lstm"].hidden) == (12, 384)
@@ -122,7 +126,6 @@ def test_load_config_is_pure_and_data_paths_are_checked_where_used(tmp_path):
     ("train.max_steps=abc", "'train.max_steps'"),
     ("train.precision=fp8", "'train.precision' is 'fp8'"),
     ("train.zero_stage=4", "'train.zero_stage'"),
-    ("train.global_batch_size=24", "not divisible"),
     ("train.micro_batch_size=0", "'train.micro_batch_size' must be at least 1"),
     ("optim.name=sgd", "'optim.name'"),
     ("model.layers=0", "'model.layers' must be at least 1"),
@@ -131,6 +134,19 @@ def test_load_config_is_pure_and_data_paths_are_checked_where_used(tmp_path):
 def test_bad_config_is_refused_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config("smoke", [override])
+
+
+def test_global_batch_is_checked_against_the_ranks_where_they_are_known():
+    """Training's loader does not know the world size (torchrun's or the job's): it checks the micro-batch
+    only; the trainer checks its world size, slurm/config.py the job's ranks (smoke: 1 node x 2 tasks)."""
+    cfg = load_config("smoke", ["train.global_batch_size=24"])  # 24 = 3 micro-batches of 8
+    message = r"'train.global_batch_size' \(24\) is not divisible by 'train.micro_batch_size' × ranks \(8 × 2\)"
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, world_size=2)
+    with pytest.raises(ConfigError, match=message):
+        load_job_config("smoke", ["train.global_batch_size=24"])
+    with pytest.raises(ConfigError, match=r"not divisible .* \(16 × 1\)"):
+        load_config("smoke", ["train.micro_batch_size=16", "train.global_batch_size=24"])
 
 
 def test_fp16_on_cpu_is_refused():

@@ -1,13 +1,18 @@
-"""The one typed config schema of an experiment.
+"""Loading an experiment into a typed config schema.
 
-An experiment is a YAML file in `configs/experiments/` that fills in these dataclasses; it inherits the
-paper's setting from the files its `defaults:` names (in `configs/base/`) and states only what differs.
+An experiment is a YAML file in `configs/experiments/` that fills in the schema's dataclasses; it inherits
+the paper's setting from the files its `defaults:` names (in `configs/base/`) and states only what differs.
 Any key can be overridden on the command line as `dotted.key=value`. The `model:` section is the typed
 config of the architecture `model.name` picks (`pipeline/models/configs.py`). Loading is strict and pure:
 an unknown key, a wrong type or an impossible combination is refused at once with an error naming the key
 (and the nearest valid key), before anything is built or submitted, and nothing on disk is looked at (data
 paths are checked where they are used: `check_data_paths`). This module imports no torch, so refusing a
 bad config is fast.
+
+`compose` is generic over the schema: training loads `ExperimentConfig` (`load_config`), the launcher its
+`JobConfig`, which adds the `slurm:` and `preprocess:` sections (slurm/config.py: `load_job_config`). The
+same experiment files feed both: a section the schema names in `launcher_sections` but does not declare is
+dropped unread, so training knows those sections by name only and the launcher's loader checks their keys.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import argparse
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, Type, TypeVar
 
 import yaml
 from omegaconf import OmegaConf
@@ -25,12 +30,11 @@ from pipeline.config.files import BASE_DIR, EXPERIMENTS_DIR, REPO_ROOT, ConfigEr
 from pipeline.config.schema import CHOICES, ExperimentConfig
 from pipeline.models.configs import CONFIGS
 
-__all__ = ["BASE_DIR", "EXPERIMENTS_DIR", "REPO_ROOT", "ConfigError", "ExperimentConfig", "load_config", "validate",
-           "check_data_paths", "config_layers", "experiment_path", "flatten", "to_yaml", "from_yaml_text",
-           "get_args_parser"]
+__all__ = ["BASE_DIR", "EXPERIMENTS_DIR", "REPO_ROOT", "ConfigError", "ExperimentConfig", "compose", "load_config",
+           "validate", "check_data_paths", "config_layers", "experiment_path", "flatten", "to_yaml",
+           "from_yaml_text", "get_args_parser"]
 
-
-                                    # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
+S = TypeVar("S", bound=ExperimentConfig)
 
 
 def _schema(model_name: str) -> ExperimentConfig:
@@ -40,6 +44,16 @@ def _schema(model_name: str) -> ExperimentConfig:
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise ConfigError(f"'model.name' is {model_name!r}{hint}; expected one of {sorted(CONFIGS)}")
     return ExperimentConfig(model=CONFIGS[model_name]())
+
+
+def _defaults(schema: Type[S], model_name: str) -> S:
+    """Defaults of `schema` (ExperimentConfig or a launcher's subclass) with the model `model_name`."""
+    return schema(model=_schema(model_name).model)
+
+
+def _foreign(schema: Type[ExperimentConfig]) -> Set[str]:
+    """Top-level sections that belong to another schema's owner: named by `schema`, not declared in it."""
+    return set(schema.launcher_sections) - {f.name for f in dataclasses.fields(schema)}
 
 
 def _all_keys(obj: Any, prefix: str = "") -> List[str]:
@@ -77,40 +91,51 @@ def _model_name(layers: List[Tuple[Path, Dict[str, Any]]], overrides: List[str])
 
 
 def load_config(exp: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
-    """Load an experiment YAML (name or path) with its defaults, apply `dotted.key=value` overrides,
-    validate, return it. Pure: reads the YAML files and nothing else."""
-    overrides = list(overrides or [])
+    """Load an experiment YAML (name or path) for training: its defaults, then `dotted.key=value` overrides,
+    validated (`validate`, without a world size: the global batch is checked against the ranks where they
+    are known, by the trainer and by slurm/config.py). Pure: reads the YAML files and nothing else."""
+    cfg = compose(exp, overrides, ExperimentConfig)
+    validate(cfg)
+    return cfg
+
+
+def compose(exp: str, overrides: Optional[List[str]], schema: Type[S]) -> S:
+    """An experiment YAML (name or path) with its defaults and `dotted.key=value` overrides, merged strictly
+    into `schema` (unknown keys and wrong types refused) and not validated otherwise: the caller validates
+    (`load_config`; slurm/config.py `load_job_config`). Sections `_foreign` to `schema` are dropped unread."""
+    foreign = _foreign(schema)
+    overrides = [ov for ov in overrides or [] if ov.split("=", 1)[0].split(".", 1)[0].strip() not in foreign]
     path = experiment_path(exp)
-    layers = config_layers(path)
+    layers = [(source, {k: v for k, v in raw.items() if k not in foreign}) for source, raw in config_layers(path)]
     layers[-1][1].setdefault("name", path.stem)
-    schema = _schema(_model_name(layers, overrides))
-    merged = OmegaConf.structured(schema)
+    defaults = _defaults(schema, _model_name(layers, overrides))
+    merged = OmegaConf.structured(defaults)
     for source, raw in layers:
         for key, value in raw.items():  # OmegaConf cannot name a whole section of the wrong type
-            if dataclasses.is_dataclass(getattr(schema, key, None)) and not isinstance(value, dict):
+            if dataclasses.is_dataclass(getattr(defaults, key, None)) and not isinstance(value, dict):
                 raise ConfigError(f"{source}: bad value for '{key}': expected a section (a mapping of keys), "
                                   f"got {type(value).__name__}")
         try:
             merged = OmegaConf.merge(merged, raw)
         except OmegaConfBaseException as e:
-            raise _explain(e, str(source), schema) from None
+            raise _explain(e, str(source), defaults) from None
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' is not of the form dotted.key=value")
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([ov]))
         except OmegaConfBaseException as e:
-            raise _explain(e, "override", schema) from None
-    cfg: ExperimentConfig = OmegaConf.to_object(merged)
-    validate(cfg)
-    return cfg
+            raise _explain(e, "override", defaults) from None
+    return OmegaConf.to_object(merged)
 
 
 def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
-    """Refuse impossible combinations, naming the keys involved."""
-    if cfg.kind == "preprocess":  # no model is trained: only the preprocessing section matters
-        validate_preprocess(cfg)
-        return
+    """Refuse a config that cannot be trained, naming the keys involved. `world_size`: the ranks it runs
+    with (the trainer's, or the job's in slurm/config.py); None at load time, when the ranks are not known
+    yet and the global batch is only checked against the micro-batch (one rank)."""
+    if cfg.kind == "preprocess":
+        raise ConfigError(f"'{cfg.name}' is a preprocessing experiment (kind: preprocess): there is no model to "
+                          f"train; submit it with `python slurm/submit.py --exp {cfg.name}`")
     flat = flatten(cfg)
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
@@ -118,7 +143,7 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
     t = cfg.train
     for key in ("train.micro_batch_size",
                 "train.global_batch_size", "train.max_steps", "checkpoint.every", "checkpoint.keep_last",
-                "slurm.nodes", "data.shard_size", "train.log_every", "train.eval_every"):
+                "data.shard_size", "train.log_every", "train.eval_every"):
         if flat[key] < 1:
             raise ConfigError(f"'{key}' must be at least 1, got {flat[key]}")
     for key in ("data.num_workers", "train.zero3_persistence_threshold", "train.max_nonfinite_steps",
@@ -131,7 +156,7 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
         raise ConfigError(f"'train.heartbeat_s' must be 0 (no heartbeats) or more, got {t.heartbeat_s}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"'optim.lr' must be positive, got {cfg.optim.lr}")
-    ws = world_size or cfg.ranks()
+    ws = world_size or 1
     if t.global_batch_size % (t.micro_batch_size * ws):
         raise ConfigError(
             f"'train.global_batch_size' ({t.global_batch_size}) is not divisible by "
@@ -157,29 +182,6 @@ def check_data_paths(cfg: ExperimentConfig) -> None:
                           f"`python -m preprocessing build ... --out {cfg.data.root}`)")
 
 
-def validate_preprocess(cfg: ExperimentConfig) -> None:
-    """Checks of a `kind: preprocess` experiment that can be made before anything is submitted."""
-    if cfg.kind not in CHOICES["kind"]:
-        raise ConfigError(f"'kind' is {cfg.kind!r}; expected one of {list(CHOICES['kind'])}")
-    p = cfg.preprocess
-    for key in ("preprocess.resize", "preprocess.label_order"):
-        value = getattr(p, key.split(".")[1])
-        if value not in CHOICES[key]:
-            raise ConfigError(f"'{key}' is {value!r}; expected one of {list(CHOICES[key])}")
-    if not p.source:
-        raise ConfigError("'preprocess.source' is empty: give the image folder, tar or npz to render")
-    if not p.sizes:
-        raise ConfigError("'preprocess.sizes' is empty: give at least one output size")
-    for key in ("num_tasks", "workers", "shard_size"):
-        if getattr(p, key) < 1:
-            raise ConfigError(f"'preprocess.{key}' must be at least 1, got {getattr(p, key)}")
-    if p.array_parallelism < 0:
-        raise ConfigError(f"'preprocess.array_parallelism' must be 0 (all) or more, got {p.array_parallelism}")
-    if p.overwrite and p.num_tasks > 1:
-        raise ConfigError("'preprocess.overwrite' cannot be combined with 'preprocess.num_tasks' > 1 "
-                          "(each task would delete the others' work): remove the output first")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     """The training script's arguments: an experiment and its overrides (slurm/submit.py extends it)."""
     p = argparse.ArgumentParser("pipeline.train", add_help=True)
@@ -195,7 +197,7 @@ def flatten(cfg: Any, prefix: str = "") -> Dict[str, Any]:
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v):
             out.update(flatten(v, f"{prefix}{f.name}."))
-        elif isinstance(v, dict):  # slurm.additional: the mapping and each of its keys
+        elif isinstance(v, dict):  # e.g. slurm.additional: the mapping and each of its keys
             out[f"{prefix}{f.name}"] = v
             for k, sub in v.items():
                 out[f"{prefix}{f.name}.{k}"] = sub
@@ -209,8 +211,10 @@ def to_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
-def from_yaml_text(text: str) -> ExperimentConfig:
-    """Rebuild a config saved by `to_yaml` (e.g. beside a checkpoint)."""
-    raw = yaml.safe_load(text)
+def from_yaml_text(text: str, schema: Type[S] = ExperimentConfig) -> S:
+    """Rebuild a config saved by `to_yaml` (e.g. beside a checkpoint) as `schema`; a config saved by a
+    launcher's schema (with `slurm:`) reads as the training one, without those sections."""
+    foreign = _foreign(schema)
+    raw = {k: v for k, v in yaml.safe_load(text).items() if k not in foreign}
     name = (raw.get("model") or {}).get("name", ExperimentConfig().model.name)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_schema(name)), raw))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_defaults(schema, name)), raw))

@@ -1,13 +1,14 @@
-"""The typed sections of an experiment config (dataclasses): what an experiment YAML fills in.
+"""The typed sections of an experiment config (dataclasses): what an experiment YAML fills in for training.
 
 `pipeline/config/loading.py` merges the YAML files and overrides into these; the `model:` section is the
-typed config of the architecture `model.name` picks (`pipeline/models/configs.py`). Torch-free.
+typed config of the architecture `model.name` picks (`pipeline/models/configs.py`). How a run is launched
+(`slurm:`) and preprocessing arrays (`preprocess:`) are the launcher's sections: slurm/config.py. Torch-free.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import ClassVar, List, Tuple
 
 from pipeline.models.configs import ModelConfig, RowLSTMConfig
 
@@ -64,6 +65,7 @@ class TrainConfig:
                                     # ranks and nodes (pipeline/train/heartbeat.py); 0: none
     device: str = "auto"            # auto | cpu | cuda
     compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
+                                    # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
 
 
 @dataclass
@@ -82,42 +84,6 @@ class TrackingConfig:
 
 
 @dataclass
-class SlurmConfig:
-    nodes: int = 1
-    gpus_per_node: int = 1          # one task per GPU; 0 on CPU-only nodes (then tasks_per_node applies)
-    tasks_per_node: int = 0         # 0: = gpus_per_node
-    cpus_per_task: int = 8
-    mem_gb: int = 0                 # 0: the partition's default
-    timeout_min: int = 60 * 24
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    constraint: str = ""
-    signal_delay_s: int = 120       # USR2 this long before the time limit: enough to write a checkpoint
-    max_num_timeout: int = 3        # requeues after a time-out (submitit's cap)
-    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options
-
-
-@dataclass
-class PreprocessConfig:
-    """`kind: preprocess` experiments: a SLURM array of `preprocessing build` tasks, then `finalize`."""
-    source: str = ""                # folder, tar or npz file (kind auto-detected by preprocessing)
-    split: str = "train"
-    sizes: List[int] = field(default_factory=lambda: [32, 64])
-    out: str = "data/imagenet"      # shards land in <out>/<size>/<split>-NNNNNN.tar + <split>.json
-    num_tasks: int = 1              # K array tasks; task I renders blocks b with b % K == I
-    workers: int = 1                # processes per task (ask slurm.cpus_per_task for as many)
-    shard_size: int = 5000
-    resize: str = "box"             # box | center-crop
-    seed: int = 0
-    val_labels: str = ""            # ImageNet val labels file, for a val split
-    class_map: str = ""
-    label_order: str = "wnid"       # wnid (ImageNet classes by sorted wnid, from every source) | release (npz)
-    overwrite: bool = False         # only with num_tasks=1 (preprocessing refuses it for arrays)
-    array_parallelism: int = 0      # at most this many tasks at once (0: all)
-
-
-@dataclass
 class ExperimentConfig:
     name: str = "default"
     description: str = ""
@@ -129,16 +95,16 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    # Top-level sections of the experiment files that belong to the launcher (slurm/config.py: JobConfig
+    # composes this schema with them). Training knows them by name only: loading into a schema that does
+    # not declare them drops them unread (their keys are checked by the launcher's loader), so an
+    # experiment is the same file under torchrun and through slurm/submit.py.
+    launcher_sections: ClassVar[Tuple[str, ...]] = ("slurm", "preprocess")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
-
-    def ranks(self) -> int:
-        """Ranks the job runs with: nodes × tasks per node."""
-        return self.slurm.nodes * (self.slurm.tasks_per_node or self.slurm.gpus_per_node or 1)
 
 
 CHOICES = {
@@ -150,7 +116,5 @@ CHOICES = {
     "train.compile": ("none", "cell"),
     "data.on_corrupt": ("error", "skip"),
     "data.prepare": ("none", "synthetic", "photos"),
-    "kind": ("train", "preprocess"),
-    "preprocess.resize": ("box", "center-crop"),
-    "preprocess.label_order": ("wnid", "release"),
+    "kind": ("train", "preprocess"),  # preprocess: a launcher-only experiment (slurm/config.py), never trained
 }

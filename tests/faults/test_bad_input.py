@@ -3,7 +3,7 @@
 Covered elsewhere and not repeated: unknown/misspelt override keys with the nearest key suggested, wrong
 types, bad choices, a global batch not divisible by ranks × micro-batch, fp16 on CPU, a missing data
 root, an unknown experiment (tests/test_config.py::test_bad_config_is_refused_naming_the_key,
-::test_fp16_on_cpu_is_refused, ::test_unknown_experiment_suggests_nearest,
+::test_global_batch_is_checked_against_the_ranks_where_they_are_known, ::test_fp16_on_cpu_is_refused, ::test_unknown_experiment_suggests_nearest,
 ::test_bad_override_fails_fast_from_the_command_line); a missing manifest or shard, a truncated val shard,
 a corrupt image with data.on_corrupt=error|skip (tests/test_data.py)."""
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from slurm.config import load_job_config
 from pipeline.data.shards import ShardError, load_shard_set
 from pipeline.data.stream import TrainStream, train_loader
 
@@ -45,7 +46,6 @@ def test_bad_experiment_file_is_refused_naming_the_key(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["train.global_batch_size=16", "train.micro_batch_size=8", "slurm.tasks_per_node=4"], "not divisible"),
     (["train.precision=fp16", "train.device=cpu"], "fp16 needs a GPU"),
     (["train.precision=fp16", "train.device=cuda", "train.zero_stage=0"], "fp16 needs 'train.zero_stage' >= 1"),
     (["data.on_corrupt=ignore"], "'data.on_corrupt' is 'ignore'"),
@@ -54,6 +54,13 @@ def test_bad_experiment_file_is_refused_naming_the_key(tmp_path, text, message):
 def test_impossible_combinations_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("smoke", ["data.prepare=synthetic", *overrides])
+
+
+def test_global_batch_not_divisible_by_the_jobs_ranks_is_refused_at_submission():
+    """The job's ranks (slurm.*) are the launcher's: its loader refuses the combination."""
+    with pytest.raises(ConfigError, match="not divisible"):
+        load_job_config("smoke", ["data.prepare=synthetic", "train.global_batch_size=16", "train.micro_batch_size=8",
+                                  "slurm.tasks_per_node=4"])
 
 
 @pytest.mark.parametrize("overrides", [
