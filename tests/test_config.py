@@ -205,3 +205,16 @@ def test_summary_of_an_experiment_file():
                           "configs/experiments/cifar10_row_lstm.yaml"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "9,358,336 parameters" in out.stdout and "'hidden': 128" in out.stdout
+
+
+def test_the_training_entry_refuses_a_bad_config_in_one_line(capsys):
+    """`python -m pipeline.train` (torchrun's entry) says what is wrong in one line and exits 2, as
+    slurm/submit.py does, before anything starts: a misspelt key, and a preprocessing experiment."""
+    from pipeline.train.__main__ import main
+    assert main(["--exp", "smoke", "model.residul=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: override: unknown config key 'model.residul' (model 'row_lstm'); did you mean "
+                   "'model.residual'?"]
+    assert main(["--exp", "preprocess_imagenet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a preprocessing experiment" in err[0]

@@ -7,14 +7,18 @@ import json
 import sys
 from typing import List, Optional
 
-from pipeline.config import get_args_parser, load_config
+from pipeline.config import ConfigError, get_args_parser, load_config
 from pipeline.train.distributed import dist_env
 from pipeline.train.trainer import train
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    cfg = load_config(args.exp, args.overrides)
+    try:
+        cfg = load_config(args.exp, args.overrides)
+    except ConfigError as e:  # a config that cannot run: one line, like submit.py, before anything starts
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = train(cfg)
     if dist_env().is_main:
         print(json.dumps(summary, indent=2))
