@@ -23,12 +23,7 @@ import torch
 import torch.nn as nn
 
 from .base import nll_bits, scale_input
-from .configs import MultiScaleConfig
-from .diagonal_bilstm import DiagonalBiLSTM
-from .pixelcnn import PixelCNN
-from .row_lstm import RowLSTM
-
-BASES = {"pixelcnn": PixelCNN, "row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM}
+from .configs import MultiScaleConfig, build_model
 
 
 def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -67,8 +62,8 @@ class MultiScalePixelRNN(nn.Module):
         self.config: Dict[str, Any] = dataclasses.asdict(cfg)
         self.image_size, self.small_size = cfg.image_size, cfg.small_size
         self.factor = cfg.image_size // cfg.small_size
-        self.small = BASES[cfg.base](cfg.base_config(cfg.small_size, 0))
-        self.large = BASES[cfg.base](cfg.base_config(cfg.image_size, cfg.cond_maps))
+        self.small = build_model(cfg.base_config(cfg.small_size, 0))
+        self.large = build_model(cfg.base_config(cfg.image_size, cfg.cond_maps))
         self.upsample = Upsampler(cfg.cond_maps, self.factor)
 
     def downsample(self, x: torch.Tensor) -> torch.Tensor:
