@@ -1,4 +1,4 @@
-"""Masks, skew, LSTM cell, parameter counts, 8-bit baseline, dtypes, registry, config and CLI."""
+"""Masks, skew, LSTM cell, parameter counts, 8-bit baseline, dtypes, registry, config, objective and CLI."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,7 @@ from pipeline.models.__main__ import main as cli_main
 from pipeline.models.base import lstm_cell
 from pipeline.models.diagonal_bilstm import DiagonalBiLSTMLayer, diagonal_lengths, diagonal_order
 from pipeline.models.masks import mask_a, mask_b
+from pipeline.models.objective import BitsPerDim
 from pipeline.models.row_lstm import RowLSTMLayer
 from pipeline.models.skew import skew, unskew
 
@@ -163,6 +164,17 @@ def test_registry_names_each_config_and_model_once():
     for base in ARCHS:
         m = build_model("multiscale", image_size=4, layers=1, hidden=4, out_maps=8, base=base)
         assert type(m.small) is type(m.large) is ARCHITECTURES[base].model_class()
+
+
+def test_objective_state_dict_is_the_models_under_its_prefix():
+    """DeepSpeed checkpoints hold the objective's state dict; `model_state_dict` gives back the model's."""
+    m = tiny("row_lstm")
+    objective, model_sd = BitsPerDim(m), m.state_dict()
+    state = objective.state_dict()
+    assert list(state) == [BitsPerDim.PREFIX + k for k in model_sd]
+    unwrapped = BitsPerDim.model_state_dict(state)
+    assert list(unwrapped) == list(model_sd) and all(torch.equal(unwrapped[k], model_sd[k]) for k in model_sd)
+    build_model(**m.config).load_state_dict(unwrapped)  # strict: exactly the model's keys
 
 
 def test_cli(tmp_path, capsys):
