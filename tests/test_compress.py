@@ -16,17 +16,17 @@ from PIL import Image
 from pipeline.compression import prc
 from pipeline.compression.codec import CompressError, decode_file, encode_images, load_model, read_images
 from pipeline.compression.__main__ import main
-from pipeline.models import build_model
+from pipeline.models import ARCHITECTURES, build_model
 
 torch.set_num_threads(1)
 SIZE = 8
 TINY = dict(image_size=SIZE, layers=2, hidden=8, out_maps=32)
 
 
-def export(path: Path, name: str = "diagonal_bilstm", seed: int = 0) -> str:
-    """A tiny model written as `pipeline.tools.export` writes model.pt."""
+def export(path: Path, name: str = "diagonal_bilstm", seed: int = 0, **kw) -> str:
+    """A tiny model written as `pipeline.tools.export` writes model.pt (kw: more of its config)."""
     torch.manual_seed(seed)
-    m = build_model(name, **TINY)
+    m = build_model(name, **TINY, **kw)
     torch.save({"config": m.config, "state_dict": m.state_dict()}, path)
     return str(path)
 
@@ -44,9 +44,13 @@ def encode(ckpt: str, x: torch.Tensor, batch_size: int = 3, **kw):
     return encode_images(model, sha, x, [f"im{k}" for k in range(len(x))], ckpt, batch_size, progress=False, **kw)
 
 
-@pytest.mark.parametrize("name", ["pixelcnn", "row_lstm", "diagonal_bilstm", "multiscale"])
-def test_round_trip_is_exact(tmp_path, name):
-    ckpt = export(tmp_path / "model.pt", name)
+# Every registered architecture goes through the one walk protocol; the multi-scale model with each base.
+CODED = [(name, {}) for name in ARCHITECTURES] + [("multiscale", {"base": b}) for b in ("pixelcnn", "row_lstm")]
+
+
+@pytest.mark.parametrize("name,kw", CODED, ids=[n + "-" + kw.get("base", "") for n, kw in CODED])
+def test_round_trip_is_exact(tmp_path, name, kw):
+    ckpt = export(tmp_path / "model.pt", name, **kw)
     x = images(5)
     data, stats = encode(ckpt, x)  # chunks of 3 and 2 images: both batch sizes decode exactly
     y, names, _ = decode_file(data, ckpt, progress=False)
@@ -54,6 +58,10 @@ def test_round_trip_is_exact(tmp_path, name):
     header, payloads, _ = prc.unpack(data)
     assert [c["images"] for c in header["chunks"]] == [3, 2]
     assert header["coder"]["precision_bits"] == 24 and header["coder"]["model"].endswith("(perfect=False)")
+    # every stage was coded: the code length is the model's bits (both images' for the multi-scale model)
+    model, _ = load_model(ckpt)
+    forward_bits = (model.bits_per_dim(x).double() * 3 * SIZE * SIZE).sum().item()
+    assert abs(forward_bits - stats["ideal_bits"]) < 1e-3 * stats["ideal_bits"]
 
 
 def test_file_size_is_bits_per_dim_plus_stated_overhead(tmp_path):

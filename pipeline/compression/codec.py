@@ -28,7 +28,7 @@ from PIL import Image
 
 from pipeline.compression import prc
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.compression.rangecoding import SUPPORTED, coder_info, decode_batch, encode_batch, rows_per_image
+from pipeline.compression.rangecoding import coder_info, decode_batch, encode_batch
 from pipeline.progress import progress
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -37,7 +37,7 @@ SAFE_NAME = re.compile(r"(?!\.)[^/\\\x00]{1,200}")  # a decoded image's file ste
 
 
 class CompressError(ValueError):
-    """Input the compressor refuses (wrong size or mode, unsupported model); the message says why."""
+    """Input the compressor refuses (wrong size or mode, a checkpoint it cannot load); the message says why."""
 
 
 def load_model(checkpoint: str, dtype: str = "float32") -> Tuple[torch.nn.Module, str]:
@@ -50,8 +50,6 @@ def load_model(checkpoint: str, dtype: str = "float32") -> Tuple[torch.nn.Module
         model = load_checkpoint_model(checkpoint, "cpu").eval()
     except (CheckpointError, KeyError, RuntimeError) as e:
         raise CompressError(f"cannot load a model from {checkpoint}: {type(e).__name__}: {e}") from None
-    if model.config["name"] not in SUPPORTED:
-        raise CompressError(f"model {model.config['name']!r} is not supported (supported: {', '.join(SUPPORTED)})")
     sha = prc.weights_sha256(model)  # of the float32 weights, whatever dtype the coder computes in
     return model.to(DTYPES[dtype]), sha
 
@@ -115,7 +113,7 @@ def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, nam
     with _progress(n_img, "encode", progress) as bar:
         for start in range(0, n_img, batch_size):
             xb = x[start:start + batch_size]
-            step = xb.shape[0] / rows_per_image(model)
+            step = xb.shape[0] / model.walk_rows()  # on_row calls per image
             words, bits = encode_batch(model, xb, on_row=lambda i: bar.update(step))
             payload = words.astype("<u4").tobytes()
             chunks.append({"images": xb.shape[0], "payload_bytes": len(payload),
@@ -173,7 +171,7 @@ def decode_file(data: bytes, checkpoint: Optional[str] = None, name: str = "file
     with _progress(header["images"]["count"], "decode", progress) as bar:
         for k, (chunk, payload) in enumerate(zip(header["chunks"], payloads)):
             n = int(chunk["images"])
-            step = n / rows_per_image(model)
+            step = n / model.walk_rows()
             x = decode_batch(model, np.frombuffer(payload, dtype="<u4"), n, on_row=lambda i: bar.update(step))
             if prc.pixels_sha256(x) != chunk["pixels_sha256"]:
                 raise prc.PrcError(f"{name}: chunk {k} decoded to other pixels than were encoded (pixel sha256 "

@@ -1,19 +1,20 @@
 """Lossless coding of image batches with a trained model's 256-way softmax and a range coder.
 
-Both directions run the model's one exact incremental pass (`PixelRNNBase.walk`) over the whole
-batch: one network step per sub-pixel for all B images at once. At every sub-pixel the logits
-[B, 256] become float64 probabilities (`probabilities`), which constriction quantises to 24-bit
-fixed point and range-codes (`queue.RangeEncoder` / `RangeDecoder`, one stream per batch, symbols in
-raster order, R, G, B within a pixel, image by image within a step). The encoder's `choose` returns
-the known values; the decoder's decodes them from the stream. Same batch, same code path, same dtype
-and thread count on both sides give bit-identical probabilities, so the decoder reproduces the
-encoder's quantised models exactly (the pixel checksum in the file proves it after every decode).
+Both directions run the model's one exact incremental pass (`walk`, one protocol for every model of
+`pipeline.models`) over the whole batch: one network step per sub-pixel for all B images at once. At
+every sub-pixel the logits [B, 256] become float64 probabilities (`probabilities`), which constriction
+quantises to 24-bit fixed point and range-codes (`queue.RangeEncoder` / `RangeDecoder`, one stream per
+batch, symbols in walk order: raster order, R, G, B within a pixel, image by image within a step). The
+encoder's `choose` returns the known values (`model.walk_targets(x)[stage]`: the multi-scale model's
+walk codes the small image first, then the large one given it, Section 3.5); the decoder's decodes
+them from the stream. Same batch, same code path, same dtype and thread count on both sides give
+bit-identical probabilities, so the decoder reproduces the encoder's quantised models exactly (the
+pixel checksum in the file proves it after every decode).
 
 The model quantisation is explicit: `Categorical(perfect=False)`, constriction's fast
 approximation of the float probabilities (the default changed between its versions, so it is
 named, and the version is pinned and recorded). Every symbol keeps at least probability 2^-24
 (constriction's 24-bit precision: such a symbol costs 24 bits), so any value can be coded.
-The multi-scale model codes the small image first, then the large one given it (Section 3.5).
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from pipeline.models.base import Chooser
+
 STREAM = "constriction.stream.queue.RangeEncoder (32-bit words, 64-bit state)"
 MODEL = "constriction.stream.model.Categorical(perfect=False)"
 PRECISION_BITS = 24  # constriction's categorical models in its Python API: probabilities in units of 2^-24
-SUPPORTED = ("pixelcnn", "row_lstm", "diagonal_bilstm", "multiscale")
 
 
 def coder_info() -> Dict[str, object]:
@@ -47,27 +49,10 @@ def probabilities(logits: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(torch.softmax(logits.double(), dim=-1).cpu().numpy())
 
 
-def rows_per_image(model: torch.nn.Module) -> int:
-    """Image rows one walk visits (both images' rows for the multi-scale model): the progress unit."""
-    if model.config["name"] == "multiscale":
-        return model.small_size + model.image_size
-    return model.image_size
-
-
-def _walk_all(model: torch.nn.Module, n: int, target: Optional[torch.Tensor],
-              make_choose: Callable[[Optional[torch.Tensor]], Callable],
-              on_row: Optional[Callable[[int], None]]) -> torch.Tensor:
-    """Run every stage of `model` for n images; `make_choose(target of the stage)` gives its callback."""
-    size = model.image_size
-    if model.config["name"] == "multiscale":
-        s = model.small_size
-        small = torch.zeros(n, 3, s, s, dtype=torch.uint8)
-        model.small.walk(small, 0, make_choose(None if target is None else model.downsample(target)), None, on_row)
-        cond = model.upsample(small)
-        x = torch.zeros(n, 3, size, size, dtype=torch.uint8)
-        return model.large.walk(x, 0, make_choose(target), cond, on_row)
-    x = torch.zeros(n, 3, size, size, dtype=torch.uint8)
-    return model.walk(x, 0, make_choose(target), None, on_row)
+def _walk(model: torch.nn.Module, n: int, choose: Chooser, on_row: Optional[Callable[[int], None]]) -> torch.Tensor:
+    """n images (uint8 [n, 3, size, size]) from the model's walk from row 0: `choose` gives every value."""
+    x = torch.zeros(n, 3, model.image_size, model.image_size, dtype=torch.uint8)
+    return model.walk(x, 0, choose, on_row=on_row)
 
 
 @torch.no_grad()
@@ -82,18 +67,17 @@ def encode_batch(model: torch.nn.Module, x: torch.Tensor,
     family = _family()
     ideal = [0.0]
     rows = np.arange(x.shape[0])
+    targets = model.walk_targets(x.to(torch.uint8))
 
-    def make_choose(target: torch.Tensor):
-        def choose(c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
-            p = probabilities(logits)
-            values = target[:, c, i, j].long()
-            symbols = values.to(torch.int32).numpy()
-            encoder.encode(symbols, family, p)
-            ideal[0] -= float(np.log2(np.maximum(p[rows, symbols], 1e-300)).sum())
-            return values
-        return choose
+    def choose(stage: int, c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
+        p = probabilities(logits)
+        values = targets[stage][:, c, i, j].long()
+        symbols = values.to(torch.int32).numpy()
+        encoder.encode(symbols, family, p)
+        ideal[0] -= float(np.log2(np.maximum(p[rows, symbols], 1e-300)).sum())
+        return values
 
-    _walk_all(model, x.shape[0], x.to(torch.uint8), make_choose, on_row)
+    _walk(model, x.shape[0], choose, on_row)
     return encoder.get_compressed(), ideal[0]
 
 
@@ -105,12 +89,10 @@ def decode_batch(model: torch.nn.Module, words: np.ndarray, n: int,
     decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
     family = _family()
 
-    def make_choose(_target: Optional[torch.Tensor]):
-        def choose(c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(decoder.decode(family, probabilities(logits)).astype(np.int64))
-        return choose
+    def choose(stage: int, c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(decoder.decode(family, probabilities(logits)).astype(np.int64))
 
-    return _walk_all(model, n, None, make_choose, on_row)
+    return _walk(model, n, choose, on_row)
 
 
 def bits_per_dim(bits: float, images: int, size: int) -> float:

@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config.files import BASE_DIR, EXPERIMENTS_DIR, REPO_ROOT, ConfigError, config_layers, experiment_path
 from pipeline.config.schema import CHOICES, ExperimentConfig
-from pipeline.models.configs import CONFIGS
+from pipeline.models.configs import ARCHITECTURES
 
 __all__ = ["BASE_DIR", "EXPERIMENTS_DIR", "REPO_ROOT", "ConfigError", "ExperimentConfig", "compose", "load_config",
            "validate", "check_data_paths", "config_layers", "experiment_path", "flatten", "to_yaml",
@@ -39,11 +39,11 @@ S = TypeVar("S", bound=ExperimentConfig)
 
 def _schema(model_name: str) -> ExperimentConfig:
     """Defaults of an experiment whose model is `model_name` (its typed config in the `model:` section)."""
-    if model_name not in CONFIGS:
-        near = difflib.get_close_matches(str(model_name), sorted(CONFIGS), n=1)
+    if model_name not in ARCHITECTURES:
+        near = difflib.get_close_matches(str(model_name), sorted(ARCHITECTURES), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ConfigError(f"'model.name' is {model_name!r}{hint}; expected one of {sorted(CONFIGS)}")
-    return ExperimentConfig(model=CONFIGS[model_name]())
+        raise ConfigError(f"'model.name' is {model_name!r}{hint}; expected one of {sorted(ARCHITECTURES)}")
+    return ExperimentConfig(model=ARCHITECTURES[model_name].config())
 
 
 def _defaults(schema: Type[S], model_name: str) -> S:

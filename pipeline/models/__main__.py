@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import CONFIGS, build_model, count_parameters
+from . import ARCHITECTURES, build_model, count_parameters
 
 # Section 5: CIFAR-10 and ImageNet models. Diagonal BiLSTM / multi-scale widths on ImageNet
 # are not stated in the paper; h=128 is assumed.
@@ -29,7 +29,7 @@ def configs(spec: str) -> List[Tuple[str, Dict[str, Any]]]:
     """(label, build_model keywords incl. name) for 'paper', a registry name or an experiment."""
     if spec == "paper":
         return PAPER
-    if spec in CONFIGS:
+    if spec in ARCHITECTURES:
         return [(spec, {"name": spec})]
     # An entry point (nothing imports it): reading an experiment needs the experiment loader (defaults,
     # validation), which sits above the models in the import order.

@@ -13,8 +13,11 @@ pick a value by inverse CDF over float64 probabilities, so for the same generato
 consume it identically and return identical images (up to float rounding ties).
 
 One exact incremental pass (`walk`) serves sampling, compression and decompression: it visits
-the sub-pixels in order and asks a `choose(c, i, j, logits)` callback for each value (sampling
-draws it, `pipeline.compression` encodes the known value or decodes it from the range coder).
+the sub-pixels in order and asks a `choose(stage, c, i, j, logits)` callback for each value (sampling
+draws it, `pipeline.compression` encodes the known value or decodes it from the range coder). Every
+model implements the same protocol: `walk`, `walk_targets` (what each stage fills in) and
+`walk_rows` (the `on_row` calls of one walk); a single-scale model's walk has one stage, 0, and the
+multi-scale model's two (`multiscale.py`).
 
 Subclasses pass their layers to `set_layers`: modules with
     forward(v, cond) -> v'                       (whole map, [B, 2h, H, W])
@@ -36,8 +39,8 @@ from .configs import ModelConfig
 from .masks import MaskedConv2d, color_groups, mask_b
 
 LOG2 = math.log(2.0)
-# walk()'s callback: (colour, row, column, logits [B, 256]) -> values [B] (long, 0..255)
-Chooser = Callable[[int, int, int, torch.Tensor], torch.Tensor]
+# walk()'s callback: (stage, colour, row, column, logits [B, 256]) -> values [B] (long, 0..255)
+Chooser = Callable[[int, int, int, int, torch.Tensor], torch.Tensor]
 
 
 def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -221,25 +224,35 @@ class PixelRNNBase(nn.Module):
         """Cached sampler: `walk` with an inverse-CDF draw at every sub-pixel."""
         bits = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
 
-        def draw(c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
+        def draw(stage: int, c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
             v, logp = pick(logits, u[:, c, i, j])
             bits.sub_(logp / LOG2)
             return v
 
         return self.walk(x, start, draw, cond), bits
 
+    def walk_targets(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """What each stage of `walk` fills in for images x: [x] (one stage)."""
+        return [x]
+
+    def walk_rows(self) -> int:
+        """Image rows one `walk` from row 0 visits (its `on_row` calls)."""
+        return self.image_size
+
     @torch.no_grad()
     def walk(self, x: torch.Tensor, start: int, choose: Chooser, cond: Optional[torch.Tensor] = None,
-             on_row: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+             on_row: Optional[Callable[[int], None]] = None, stage: int = 0) -> torch.Tensor:
         """The exact incremental pass: per sub-pixel, every layer runs at the current pixel only.
 
         Rows [0, start) of x (uint8 [B, 3, H, W], changed in place) are known; for every later
-        sub-pixel, in raster order and R, G, B within a pixel, `choose(c, i, j, logits)` gets that
-        sub-pixel's logits [B, 256] (model dtype) and returns its values [B] (long, 0..255), which are
-        written into x and fed to the next steps. The rows >= start are zeroed first, so the pass
-        never depends on what they held: sampling, encoding (choose returns the known values) and
-        decoding (choose reads them from the coder) run the same computation on the same inputs, and
-        for the same batch they see bit-identical logits. `on_row(i)` is called after each row.
+        sub-pixel, in raster order and R, G, B within a pixel, `choose(stage, c, i, j, logits)` gets
+        that sub-pixel's logits [B, 256] (model dtype) and returns its values [B] (long, 0..255), which
+        are written into x and fed to the next steps. The rows >= start are zeroed first, so the pass
+        never depends on what they held: sampling, encoding (choose returns the known values,
+        `walk_targets(x)[stage][:, c, i, j]`) and decoding (choose reads them from the coder) run the
+        same computation on the same inputs, and for the same batch they see bit-identical logits.
+        `on_row(i)` is called after each row. `stage` is only passed on to `choose`: the multi-scale
+        model walks its two parts as stages 0 and 1.
 
         A pixel is run once per colour (later colours are hidden by the masks, so the value of colour
         c is right once colours < c are filled) and once more after its last colour to commit the
@@ -276,7 +289,7 @@ class PixelRNNBase(nn.Module):
                     for c in range(3):
                         hid = F.relu(F.linear(F.relu(run_pixel(i, j)), w1, conv1.bias))
                         rows = slice(256 * c, 256 * (c + 1))  # only colour c's logits are needed
-                        v = choose(c, i, j, F.linear(hid, w2[rows], conv2.bias[rows]))
+                        v = choose(stage, c, i, j, F.linear(hid, w2[rows], conv2.bias[rows]))
                         x[:, c, i, j] = v.to(torch.uint8)
                         xin[:, c, i + p, j + p] = scale_input(v, dt)
                 run_pixel(i, j, head=False)  # commit the states of the finished pixel

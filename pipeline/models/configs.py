@@ -1,8 +1,10 @@
-"""One typed config per architecture, registered by name (torchtitan's pattern: the arguments beside the model).
+"""The architecture registry: one typed config per architecture and its model class, by name.
 
-The experiment schema (`pipeline/config/schema.py`) picks the dataclass by `model.name`, so an unknown or
-misspelt key (`model.residul`) is refused when the experiment is loaded, with the nearest valid key.
-This module imports no torch: loading and refusing a config stays fast.
+`ARCHITECTURES` is the one table of model names (torchtitan's pattern: the arguments beside the model;
+DiT's registry dict). The experiment schema (`pipeline/config/schema.py`) picks the config dataclass by
+`model.name`, so an unknown or misspelt key (`model.residul`) is refused when the experiment is loaded,
+with the nearest valid key. This module imports no torch: loading and refusing a config stays fast, and
+`build_model` imports a model's module only when it builds one.
 
 Defaults are the paper's (van den Oord et al. 2016, Sections 3.4 and 5): a 7x7 mask-A input layer, 12
 layers of h = 128 (PixelCNN: 15), residual connections, learnable skip connections from every layer
@@ -12,8 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 from dataclasses import dataclass
-from typing import Any, Dict, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Type, Union
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    import torch.nn as nn
 
 
 @dataclass
@@ -87,8 +93,8 @@ class MultiScaleConfig(ModelConfig):
     def check(self) -> None:
         super().check()
         _check_kernel(self.kernel)
-        if self.base not in BASES:
-            raise ValueError(f"'model.base' is {self.base!r}; expected one of {sorted(BASES)}")
+        if self.base not in multiscale_bases():
+            raise ValueError(f"'model.base' is {self.base!r}; expected one of {multiscale_bases()}")
         factor, rest = divmod(self.image_size, self.small())
         if rest or factor < 2 or factor & (factor - 1):
             raise ValueError(f"'model.image_size' / 'model.small_size' must be a power of 2 (at least 2), got "
@@ -96,23 +102,44 @@ class MultiScaleConfig(ModelConfig):
 
     def base_config(self, image_size: int, cond_maps: int) -> ModelConfig:
         """The config of one of the two base models."""
-        cls = BASES[self.base]
+        cls = ARCHITECTURES[self.base].config
         names = {f.name for f in dataclasses.fields(cls)}
         shared = {k: getattr(self, k) for k in ("layers", "hidden", "out_maps", "residual", "skip", "kernel")
                   if k in names}
         return cls(image_size=image_size, cond_maps=cond_maps, **shared)
 
 
-BASES: Dict[str, Type[ModelConfig]] = {"pixelcnn": PixelCNNConfig, "row_lstm": RowLSTMConfig,
-                                       "diagonal_bilstm": DiagonalBiLSTMConfig}
-CONFIGS: Dict[str, Type[ModelConfig]] = {**BASES, "multiscale": MultiScaleConfig}
+@dataclass(frozen=True)
+class Architecture:
+    """One registered architecture: its typed config and its model class."""
+    config: Type[ModelConfig]
+    model: str                     # "module:Class" in pipeline.models, imported when first built (needs torch)
+    multiscale_base: bool = False  # may model both images of a multi-scale model (Section 3.5)
+
+    def model_class(self) -> Type[nn.Module]:
+        """The model class, its module imported on first use."""
+        module, name = self.model.split(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+
+
+ARCHITECTURES: Dict[str, Architecture] = {
+    "pixelcnn": Architecture(PixelCNNConfig, "pixelcnn:PixelCNN", multiscale_base=True),
+    "row_lstm": Architecture(RowLSTMConfig, "row_lstm:RowLSTM", multiscale_base=True),
+    "diagonal_bilstm": Architecture(DiagonalBiLSTMConfig, "diagonal_bilstm:DiagonalBiLSTM", multiscale_base=True),
+    "multiscale": Architecture(MultiScaleConfig, "multiscale:MultiScalePixelRNN"),
+}
+
+
+def multiscale_bases() -> List[str]:
+    """The architectures `MultiScaleConfig.base` may name, sorted."""
+    return sorted(name for name, arch in ARCHITECTURES.items() if arch.multiscale_base)
 
 
 def make_config(name: str, **kwargs: Any) -> ModelConfig:
     """The typed config of architecture `name`; an unknown keyword is refused with the nearest valid one."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(CONFIGS)}")
-    cls = CONFIGS[name]
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(ARCHITECTURES)}")
+    cls = ARCHITECTURES[name].config
     fields = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
     for key in kwargs:
         if key not in fields:
@@ -122,3 +149,12 @@ def make_config(name: str, **kwargs: Any) -> ModelConfig:
     cfg = cls(**kwargs)
     cfg.check()
     return cfg
+
+
+def build_model(name: Union[str, ModelConfig], **kwargs: Any) -> nn.Module:
+    """A model from its typed config, or from a registry name and that config's fields:
+    `build_model("row_lstm", layers=4)`, `build_model(RowLSTMConfig(layers=4))`, `build_model(**m.config)`."""
+    if isinstance(name, ModelConfig) and kwargs:
+        raise TypeError("build_model takes a config or a name with keywords, not both")
+    cfg = name if isinstance(name, ModelConfig) else make_config(name, **kwargs)
+    return ARCHITECTURES[cfg.name].model_class()(cfg)

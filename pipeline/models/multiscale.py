@@ -12,23 +12,21 @@ Choices the paper leaves open (documented here):
 * bits_per_dim = (NLL bits of the small image + NLL bits of the large image given it)
   / (3 n^2): the total code length of both stages per large-image sub-pixel. It is an upper
   bound on the large image's NLL (the small image is a function of the large one).
+
+Its exact incremental pass (`walk`, the protocol of `base.PixelRNNBase.walk`) has two stages: the
+small image (stage 0), then the large image given the upsampled small image (stage 1).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from .base import nll_bits, scale_input
-from .configs import MultiScaleConfig
-from .diagonal_bilstm import DiagonalBiLSTM
-from .pixelcnn import PixelCNN
-from .row_lstm import RowLSTM
-
-BASES = {"pixelcnn": PixelCNN, "row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM}
+from .base import Chooser, nll_bits, scale_input
+from .configs import MultiScaleConfig, build_model
 
 
 def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -67,8 +65,8 @@ class MultiScalePixelRNN(nn.Module):
         self.config: Dict[str, Any] = dataclasses.asdict(cfg)
         self.image_size, self.small_size = cfg.image_size, cfg.small_size
         self.factor = cfg.image_size // cfg.small_size
-        self.small = BASES[cfg.base](cfg.base_config(cfg.small_size, 0))
-        self.large = BASES[cfg.base](cfg.base_config(cfg.image_size, cfg.cond_maps))
+        self.small = build_model(cfg.base_config(cfg.small_size, 0))
+        self.large = build_model(cfg.base_config(cfg.image_size, cfg.cond_maps))
         self.upsample = Upsampler(cfg.cond_maps, self.factor)
 
     def downsample(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +83,26 @@ class MultiScalePixelRNN(nn.Module):
         small = self.downsample(x) if small is None else small
         bits = nll_bits(self.small(small), small) + nll_bits(self(x, small), x)
         return bits / x[0].numel()
+
+    # ------------------------------------------------------------------ the exact incremental pass
+    def walk_targets(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """What each stage of `walk` fills in for images x: [small image, x]."""
+        return [self.downsample(x), x]
+
+    def walk_rows(self) -> int:
+        """Image rows one `walk` from row 0 visits (its `on_row` calls): both images' rows."""
+        return self.small_size + self.image_size
+
+    @torch.no_grad()
+    def walk(self, x: torch.Tensor, start: int, choose: Chooser,
+             on_row: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+        """`PixelRNNBase.walk` of both parts (Section 3.5): stage 0 walks the small image, stage 1 the
+        large image x (changed in place) conditioned on the upsampled small image; returns x.
+
+        Rows [0, start) of x are known; of the small image, as in `complete`, the rows they fully
+        cover. `on_row(i)` is called after each row of either image (`walk_rows` calls in all)."""
+        small = self.small.walk(self.downsample(x), start // self.factor, choose, None, on_row, stage=0)
+        return self.large.walk(x, start, choose, self.upsample(small), on_row, stage=1)
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None, incremental: bool = True,

@@ -12,9 +12,8 @@ from typing import Any, Dict, Tuple
 import torch
 
 from pipeline.models import build_model
+from pipeline.models.objective import BitsPerDim
 from pipeline.train.checkpoint import CheckpointError, latest_tag, read_meta
-
-PREFIX = "model."  # the training objective wraps the model as `.model`
 
 
 def _resolve(path: Path) -> Tuple[Path, str]:
@@ -38,7 +37,8 @@ def consolidated_state(ckpt: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tens
     else:  # ZeRO-0 fp32: the module's own weights are the master weights
         states = torch.load(folder / tag / "mp_rank_00_model_states.pt", weights_only=True, map_location="cpu")
         sd = states["module"]
-    sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v.float().contiguous() for k, v in sd.items()}
+    # DeepSpeed saved the training objective's state dict; the model's keys are inside it
+    sd = {k: v.float().contiguous() for k, v in BitsPerDim.model_state_dict(sd).items()}
     return meta["model"], sd
 
 

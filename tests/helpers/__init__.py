@@ -21,7 +21,7 @@ from .mlflow_runs import COMMON, SMOKE_RUNS, make_smoke_store  # noqa: E402
 from .prep import encode, noise_image, output_bytes, read_samples, run_cli, write  # noqa: E402
 from .slurm_jobs import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job,  # noqa: E402
                          scontrol_job, start, submit_cmd, task_pids, wait, wait_until_idle)
-from .tiny_models import ALL, ARCHS, TINY, changed_matrix, perturb_each_subpixel, tiny  # noqa: E402
+from .tiny_models import ALL, ARCHS, TINY, changed_matrix, peaky, perturb_each_subpixel, tiny  # noqa: E402
 
 __all__ = [
     "CHAIN", "CHAIN_STEPS", "DIST_TIMEOUT_S", "LAUNCH_TIMEOUT", "SEED", "CheckpointObserver", "Launch", "fill_up",
@@ -32,5 +32,5 @@ __all__ = [
     "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write",
     "FAST", "hostnames", "job_id", "one_mlflow_run", "resumed_steps", "sacct_job", "scontrol_job", "start",
     "submit_cmd", "task_pids", "wait", "wait_until_idle",
-    "ALL", "ARCHS", "TINY", "changed_matrix", "perturb_each_subpixel", "tiny",
+    "ALL", "ARCHS", "TINY", "changed_matrix", "peaky", "perturb_each_subpixel", "tiny",
 ]

@@ -27,6 +27,15 @@ def tiny(name: str, seed: int = 0, **kw) -> torch.nn.Module:
     return m
 
 
+def peaky(m: torch.nn.Module) -> torch.nn.Module:
+    """Sharpen the output distributions so a wrong cached state (or condition) changes the drawn values."""
+    heads = [m.output] if hasattr(m, "output") else [m.small.output, m.large.output]
+    with torch.no_grad():
+        for head in heads:
+            head[3].weight.mul_(30.0)
+    return m
+
+
 def perturb_each_subpixel(x: torch.Tensor) -> torch.Tensor:
     """x uint8 [3, H, W] -> [3HW, 3, H, W]; copy k has sub-pixel k (raster, then R, G, B) changed."""
     _, h, w = x.shape

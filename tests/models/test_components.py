@@ -1,4 +1,4 @@
-"""Masks, skew, LSTM cell, parameter counts, 8-bit baseline, dtypes, config and CLI."""
+"""Masks, skew, LSTM cell, parameter counts, 8-bit baseline, dtypes, registry, config, objective and CLI."""
 from __future__ import annotations
 
 import math
@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from helpers import ALL, ARCHS, tiny
-from pipeline.models import MODELS, build_model, count_parameters
+from pipeline.models import ARCHITECTURES, MultiScaleConfig, build_model, count_parameters, make_config
 from pipeline.models.__main__ import main as cli_main
 from pipeline.models.base import lstm_cell
 from pipeline.models.diagonal_bilstm import DiagonalBiLSTMLayer, diagonal_lengths, diagonal_order
 from pipeline.models.masks import mask_a, mask_b
+from pipeline.models.objective import BitsPerDim
 from pipeline.models.row_lstm import RowLSTMLayer
 from pipeline.models.skew import skew, unskew
 
@@ -148,8 +149,35 @@ def test_fp16_autocast_forward():
     assert torch.isfinite(bpd).all()
 
 
-def test_registry_and_cli(tmp_path, capsys):
-    assert set(MODELS) == {"pixelcnn", "row_lstm", "diagonal_bilstm", "multiscale"}
+def test_registry_names_each_config_and_model_once():
+    """One table: every entry's config and model carry its name; the multi-scale bases are the entries
+    flagged as such, and the multi-scale config refuses any other."""
+    assert list(ARCHITECTURES) == ["pixelcnn", "row_lstm", "diagonal_bilstm", "multiscale"]
+    for name, arch in ARCHITECTURES.items():
+        assert arch.config().name == name and arch.model_class().name == name
+    assert [n for n, a in ARCHITECTURES.items() if a.multiscale_base] == ARCHS
+    with pytest.raises(ValueError, match=r"'model.base' is 'multiscale'; expected one of \['diagonal_bilstm', "
+                                         r"'pixelcnn', 'row_lstm'\]"):
+        MultiScaleConfig(base="multiscale").check()
+    with pytest.raises(ValueError, match="unknown model 'rowlstm'; choose from"):
+        make_config("rowlstm")
+    for base in ARCHS:
+        m = build_model("multiscale", image_size=4, layers=1, hidden=4, out_maps=8, base=base)
+        assert type(m.small) is type(m.large) is ARCHITECTURES[base].model_class()
+
+
+def test_objective_state_dict_is_the_models_under_its_prefix():
+    """DeepSpeed checkpoints hold the objective's state dict; `model_state_dict` gives back the model's."""
+    m = tiny("row_lstm")
+    objective, model_sd = BitsPerDim(m), m.state_dict()
+    state = objective.state_dict()
+    assert list(state) == [BitsPerDim.PREFIX + k for k in model_sd]
+    unwrapped = BitsPerDim.model_state_dict(state)
+    assert list(unwrapped) == list(model_sd) and all(torch.equal(unwrapped[k], model_sd[k]) for k in model_sd)
+    build_model(**m.config).load_state_dict(unwrapped)  # strict: exactly the model's keys
+
+
+def test_cli(tmp_path, capsys):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("model:\n  name: pixelcnn\n  image_size: 6\n  layers: 1\n  hidden: 4\n  out_maps: 8\n")
     cli_main(["--summary", str(cfg)])
