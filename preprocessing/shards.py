@@ -25,7 +25,6 @@ from shardformat import shard_name, size_dir
 from .fsutil import atomic_write_json, read_json, tmp_name
 from .tario import trailer
 
-
 # ---------------------------------------------------------------- naming (final names: shardformat)
 
 def part_path(out: Path, size: int, split: str, block: int) -> Path:

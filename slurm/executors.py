@@ -10,6 +10,9 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
 from pipeline.train.distributed import MASTER_PORT_BASE, MASTER_PORT_SPAN
 from slurm.config import JobConfig
 
@@ -54,7 +57,6 @@ def slurm_parameters(cfg: JobConfig, *, nodes: int, tasks: int, gpus_per_node: i
 
 def make_executor(cfg: JobConfig, local: bool, folder: Path):
     """The training job's executor: nodes x (one task per GPU; slurm/config.py has refused any other layout)."""
-    import submitit
     s = cfg.slurm
     tasks = s.ranks_per_node()
     if local:
@@ -70,7 +72,6 @@ def make_executor(cfg: JobConfig, local: bool, folder: Path):
 
 def make_single_task_executor(cfg: JobConfig, local: bool, folder: Path, name: str, **extra: Any):
     """One task, no GPU (preprocessing): the config's CPUs, memory, time, partition, account, ..."""
-    import submitit
     if local:
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(nodes=1, tasks_per_node=1, timeout_min=cfg.slurm.timeout_min)
@@ -85,7 +86,6 @@ def make_single_task_executor(cfg: JobConfig, local: bool, folder: Path, name: s
 
 def sbatch_script(executor, array_size: Optional[int] = None) -> str:
     """The script submitit would hand to sbatch (for --dry-run); `array_size` for a job array."""
-    from submitit.slurm.slurm import _make_sbatch_string
     inner = executor._executor
     params = dict(inner.parameters)
     if array_size:

@@ -65,8 +65,8 @@ class Trainer(submitit.helpers.Checkpointable):
         # from a torchrun launch (which sets 1), measured: the losses diverged at step 14.
         if self.cfg.slurm.cpus_per_task:
             os.environ.setdefault("OMP_NUM_THREADS", str(self.cfg.slurm.cpus_per_task))
-        import torch
-        from pipeline.train.trainer import StopFlag, StopRequested, train
+        import torch  # only now: torch reads OMP_NUM_THREADS once, at its first import (above)
+        from pipeline.train.trainer import StopFlag, StopRequested, train  # imports torch: as above
 
         if "OMP_NUM_THREADS" in os.environ:
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

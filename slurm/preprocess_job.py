@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 
 import submitit
 
+import preprocessing
 from pipeline.config import ConfigError
 from slurm import jobs as jobs_mod
 from slurm.config import JobConfig, PreprocessConfig, build_kwargs
@@ -29,7 +30,6 @@ class BuildTask(submitit.helpers.Checkpointable):
         self.p = p
 
     def __call__(self, task_id: int) -> Dict[str, Any]:
-        import preprocessing
         return preprocessing.build(**build_kwargs(self.p), task_id=task_id, progress=False)
 
 
@@ -40,7 +40,6 @@ class FinalizeTask:
         self.p = p
 
     def __call__(self) -> Dict[int, Dict[str, Any]]:
-        import preprocessing
         manifests = preprocessing.finalize(self.p.out, self.p.split, self.p.sizes)
         return {size: {"num_samples": m["num_samples"], "num_shards": len(m["shards"]),
                        "num_classes": m["num_classes"], "skipped": len(m["skipped"])}

@@ -27,9 +27,11 @@ from pipeline.config.files import list_experiments  # noqa: E402
 from pipeline.run_dir import RunDir  # noqa: E402
 from pipeline.tracking.tracker import absolute_uri, recorded_run, tracking_uri  # noqa: E402
 from pipeline.train.checkpoint import CheckpointError, latest_step  # noqa: E402
-from slurm import jobs  # noqa: E402
+import preprocessing  # noqa: E402
+from slurm import jobs, preprocess_job  # noqa: E402
 from slurm.config import JobConfig, load_job_config  # noqa: E402
 from slurm.executors import make_executor, sbatch_script, slurm_available  # noqa: E402
+from slurm.launcher import Trainer  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -79,7 +81,6 @@ def prepare_data(cfg: ExperimentConfig) -> None:
     d = cfg.data
     if d.prepare == "none":
         return
-    import preprocessing
     splits = dict(shard_size=d.shard_size, seed=cfg.train.seed, train_split=d.train_split, val_split=d.val_split)
     if d.prepare == "synthetic":
         preprocessing.prepare_synthetic(d.root, cfg.model.image_size, train_images=d.synthetic_images,
@@ -93,7 +94,6 @@ def submit_training(cfg: JobConfig, use_slurm: bool, folder: Path, follow: bool)
     executor = make_executor(cfg, not use_slurm, folder)
     prepare_data(cfg)
     os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking.tracking_uri
-    from slurm.launcher import Trainer
     job = executor.submit(Trainer(cfg))
     where = "SLURM" if use_slurm else "local executor"
     run_dir = Path(cfg.output_dir)
@@ -192,7 +192,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = load_job_config(args.exp, args.overrides + resource_overrides(args))
         use_slurm = not args.local and slurm_available()
         if cfg.kind == "preprocess":
-            from slurm import preprocess_job
             preprocess_job.absolutize(cfg)
             folder = RunDir(cfg.run_dir.resolve()).submitit / time.strftime("%Y%m%d-%H%M%S")
             if args.dry_run:

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-from pipeline.train import checkpoint as ckpt
 from pipeline.config import load_config
+from pipeline.train import checkpoint as ckpt
 from pipeline.train.distributed import dist_env, init_distributed, resolve_device
 from pipeline.train.ds_config import deepspeed_config
 from pipeline.train.engine import initialize

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from pipeline.compression import prc
-from pipeline.compression.codec import CompressError, decode_file, encode_images, load_model, read_images
 from pipeline.compression.__main__ import main
+from pipeline.compression.codec import CompressError, decode_file, encode_images, load_model, read_images
 from pipeline.models import ARCHITECTURES, build_model
 
 torch.set_num_threads(1)

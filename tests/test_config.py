@@ -6,13 +6,12 @@ import sys
 import time
 
 import pytest
+from helpers import REPO
 
-from pipeline.config import (EXPERIMENTS_DIR, ConfigError, check_data_paths, config_layers, flatten,
-                             from_yaml_text, load_config, to_yaml, validate)
+from pipeline.config import (EXPERIMENTS_DIR, ConfigError, check_data_paths, config_layers, flatten, from_yaml_text,
+                             load_config, to_yaml, validate)
 from pipeline.train.ds_config import deepspeed_config
 from slurm.config import load_job_config
-
-from helpers import REPO
 
 ALL_EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 TRAINING_EXPERIMENTS = [n for n in ALL_EXPERIMENTS if load_job_config(n).kind == "train"]

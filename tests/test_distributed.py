@@ -65,7 +65,6 @@ def test_agree_reaches_every_rank(tmp_path):
     import json
 
     import torch.multiprocessing as mp
-
     from helpers import free_port
     out = str(tmp_path / "verdict")
     mp.spawn(_agree_on_two_ranks, args=(free_port(), out), nprocs=2, join=True)

@@ -6,7 +6,6 @@ import json
 
 import mlflow
 import pytest
-
 from helpers import metrics, train_2ranks
 
 pytestmark = pytest.mark.slow  # 2-rank DeepSpeed launches

@@ -20,7 +20,6 @@ from typing import Dict, List
 
 import mlflow
 import pytest
-
 from helpers import free_port, make_smoke_store
 
 pytestmark = pytest.mark.slow  # the MLflow UI in a headless browser

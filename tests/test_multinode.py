@@ -25,9 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from helpers import hex_losses, metrics, train_2ranks
-from helpers import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job, scontrol_job,
-                           start, submit_cmd, task_pids, wait)
+from helpers import (FAST, hex_losses, hostnames, job_id, metrics, one_mlflow_run, resumed_steps, sacct_job,
+                     scontrol_job, start, submit_cmd, task_pids, train_2ranks, wait)
 
 from pipeline.train.checkpoint import latest_tag, read_meta
 

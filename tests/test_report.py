@@ -15,8 +15,8 @@ from typing import List
 import mlflow
 import pytest
 import yaml
-
 from helpers import REPO, SMOKE_RUNS, make_smoke_store
+
 from pipeline.tracking import report
 
 pytestmark = pytest.mark.slow  # real smoke trainings make its MLflow store

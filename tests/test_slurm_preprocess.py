@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO, wait_until_idle
 
 import preprocessing
-from helpers import REPO, wait_until_idle
 
 pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster
 

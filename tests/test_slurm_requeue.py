@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import FAST, job_id, metrics, one_mlflow_run, resumed_steps, scontrol_job, start, submit_cmd, wait
 
 pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster

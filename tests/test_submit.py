@@ -9,7 +9,6 @@ import sys
 
 import mlflow
 import pytest
-
 from helpers import REPO, mlflow_store
 
 

@@ -12,11 +12,10 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, hex_losses, metrics, train_2ranks
 
 from pipeline.data.shards import iterate_eval, load_shard_set
 from pipeline.train.weights import consolidated_state
-
-from helpers import REPO, hex_losses, metrics, train_2ranks
 
 pytestmark = pytest.mark.slow  # 2-rank DeepSpeed launches
 
@@ -163,8 +162,9 @@ def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_d
     assert blob["config"]["name"] == "row_lstm"
     # pipeline.compression takes either form: encoded with the checkpoint folder, decoded with model.pt
     # (the same float32 weights, so the same weights hash), pixels exact
-    from pipeline.compression.__main__ import main as compress
     from PIL import Image
+
+    from pipeline.compression.__main__ import main as compress
     x = next(iterate_eval([p for p, _ in load_shard_set(smoke_data, 8, "val").shards], 8, 4))
     paths = []
     for k, img in enumerate(x.permute(0, 2, 3, 1).numpy()):

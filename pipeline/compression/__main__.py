@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from pipeline.compression import prc
-from pipeline.compression.codec import (DTYPES, CompressError, decode_file, encode_images, load_model,
-                                        read_images, write_pngs)
+from pipeline.compression.codec import (DTYPES, CompressError, decode_file, encode_images, load_model, read_images,
+                                        write_pngs)
 from pipeline.compression.compare import compare
 from pipeline.compression.rangecoding import bits_per_dim
 from pipeline.fsutil import atomic_write_bytes

@@ -27,9 +27,11 @@ import torch
 from PIL import Image
 
 from pipeline.compression import prc
-from pipeline.fsutil import atomic_write_bytes
 from pipeline.compression.rangecoding import coder_info, decode_batch, encode_batch
+from pipeline.fsutil import atomic_write_bytes
 from pipeline.progress import progress
+from pipeline.train.checkpoint import CheckpointError
+from pipeline.train.weights import load_checkpoint_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONVERTIBLE = ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr")  # 8-bit modes convert("RGB") maps exactly
@@ -42,8 +44,6 @@ class CompressError(ValueError):
 
 def load_model(checkpoint: str, dtype: str = "float32") -> Tuple[torch.nn.Module, str]:
     """(model in eval mode and `dtype`, sha256 of its float32 weights) from a checkpoint or model.pt."""
-    from pipeline.train.checkpoint import CheckpointError
-    from pipeline.train.weights import load_checkpoint_model
     if not Path(checkpoint).exists():
         raise CompressError(f"checkpoint {checkpoint} does not exist")
     try:

@@ -11,11 +11,11 @@ from typing import Optional
 
 import torch
 
-from pipeline.tracking.baselines import codec_bits_per_dim, webp_available
 from pipeline.compression.codec import decode_file, encode_images, load_model
-from pipeline.fsutil import atomic_write_bytes
 from pipeline.compression.rangecoding import bits_per_dim
 from pipeline.data.shards import split_batches
+from pipeline.fsutil import atomic_write_bytes
+from pipeline.tracking.baselines import codec_bits_per_dim, webp_available
 
 
 def split_images(root: str, size: int, split: str) -> torch.Tensor:

@@ -22,6 +22,7 @@ import math
 from importlib.metadata import version
 from typing import Callable, Dict, Optional, Tuple
 
+import constriction
 import numpy as np
 import torch
 
@@ -39,7 +40,6 @@ def coder_info() -> Dict[str, object]:
 
 
 def _family():
-    import constriction
     # perfect=False named explicitly: constriction 0.4 defaulted to perfect=True, 0.5 to False.
     return constriction.stream.model.Categorical(perfect=False)
 
@@ -62,7 +62,6 @@ def encode_batch(model: torch.nn.Module, x: torch.Tensor,
 
     The second value is the ideal code length under the same float64 probabilities the coder was
     given: what the file's payload is compared with (`pipeline.compression` reports both)."""
-    import constriction
     encoder = constriction.stream.queue.RangeEncoder()
     family = _family()
     ideal = [0.0]
@@ -85,7 +84,6 @@ def encode_batch(model: torch.nn.Module, x: torch.Tensor,
 def decode_batch(model: torch.nn.Module, words: np.ndarray, n: int,
                  on_row: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Decode n images (uint8 [n, 3, size, size]) from the words `encode_batch` returned."""
-    import constriction
     decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
     family = _family()
 

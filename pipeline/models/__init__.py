@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .configs import (ARCHITECTURES, Architecture, DiagonalBiLSTMConfig, ModelConfig, MultiScaleConfig,
-                      PixelCNNConfig, RowLSTMConfig, build_model, make_config)
+from .configs import (ARCHITECTURES, Architecture, DiagonalBiLSTMConfig, ModelConfig, MultiScaleConfig, PixelCNNConfig,
+                      RowLSTMConfig, build_model, make_config)
 
 _LAZY = {  # name -> submodule that defines it
     "PixelRNNBase": "base", "compile_cells": "base", "count_parameters": "base",

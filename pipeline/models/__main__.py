@@ -6,6 +6,7 @@ and all), a registry name (that architecture's default sizes), or `paper` (the p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -33,8 +34,6 @@ def configs(spec: str) -> List[Tuple[str, Dict[str, Any]]]:
         return [(spec, {"name": spec})]
     # An entry point (nothing imports it): reading an experiment needs the experiment loader (defaults,
     # validation), which sits above the models in the import order.
-    import dataclasses
-
     from pipeline.config import load_config
     return [(spec, dataclasses.asdict(load_config(spec).model))]
 

@@ -30,7 +30,6 @@ from typing import Any, Dict, Optional
 from pipeline.fsutil import atomic_write_text
 from pipeline.train.distributed import is_collective_failure
 
-
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step(\d{8})$")
 UNIVERSAL = "_universal"
@@ -73,8 +72,8 @@ def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: 
     import torch  # torch and DeepSpeed only where a checkpoint is written or read: the launcher reads
     import torch.distributed as dist  # `latest` (latest_step) from this module without paying for them
     ckpt_dir = Path(ckpt_dir)
-    from deepspeed.checkpoint.constants import (  # as torch, above
-        UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO,  # as torch, above
+                                                UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE)
     tag = tag_for(step)
     # ds_to_universal refuses checkpoints without this entry; it makes elastic resume possible.
     client_state = dict(client_state, **{UNIVERSAL_CHECKPOINT_INFO: {

@@ -14,13 +14,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO, free_port, train_args
 
 from pipeline.config import ConfigError, load_config
-from slurm.config import load_job_config
 from pipeline.data.shards import ShardError, load_shard_set
 from pipeline.data.stream import TrainStream, train_loader
-
-from helpers import REPO, free_port, train_args
+from slurm.config import load_job_config
 
 
 def _yaml(tmp_path, text):

@@ -7,12 +7,11 @@ import shutil
 
 import pytest
 import torch
+from helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, Launch, fill_up, hex_losses, sha256_tree,
+                     small_filesystem)
 
 from pipeline.train.checkpoint import CheckpointError, check_compatible, latest_tag, read_meta
 from pipeline.train.weights import consolidated_state
-
-from helpers import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, Launch, fill_up, hex_losses,
-                     sha256_tree, small_filesystem)
 
 pytestmark = pytest.mark.slow  # 2-rank DeepSpeed launches killed and resumed
 

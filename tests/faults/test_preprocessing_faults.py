@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import (REPO, encode, fill_up, noise_image, output_bytes, read_samples, run_cli, sha256_tree,
                      small_filesystem, write)
 

@@ -10,12 +10,11 @@ import tarfile
 
 import pytest
 import torch
-
-from pipeline.data.stream import TrainStream, train_loader
-from pipeline.data.shards import eval_batches, iterate_eval, load_shard_set
-from pipeline.train.weights import load_checkpoint_model
-
 from helpers import REPO
+
+from pipeline.data.shards import eval_batches, iterate_eval, load_shard_set
+from pipeline.data.stream import TrainStream, train_loader
+from pipeline.train.weights import load_checkpoint_model
 
 
 class Payload:

@@ -13,14 +13,14 @@ import os
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the DeepSpeed launches of the tests run on CPU
 
-from .faults import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, CheckpointObserver,  # noqa: E402
-                     Launch, fill_up, sha256_tree, small_filesystem, train_args, watch)
+from .faults import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, CheckpointObserver, Launch,  # noqa: E402
+                     fill_up, sha256_tree, small_filesystem, train_args, watch)
 from .launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_store, process_groups,  # noqa: E402
                      signal_groups, train_2ranks)
 from .mlflow_runs import COMMON, SMOKE_RUNS, make_smoke_store  # noqa: E402
 from .prep import encode, noise_image, output_bytes, read_samples, run_cli, write  # noqa: E402
-from .slurm_jobs import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job,  # noqa: E402
-                         scontrol_job, start, submit_cmd, task_pids, wait, wait_until_idle)
+from .slurm_jobs import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job, scontrol_job,  # noqa: E402
+                         start, submit_cmd, task_pids, wait, wait_until_idle)
 from .tiny_models import ALL, ARCHS, TINY, changed_matrix, peaky, perturb_each_subpixel, tiny  # noqa: E402
 
 __all__ = [

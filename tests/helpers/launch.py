@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional

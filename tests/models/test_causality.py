@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import ARCHS, changed_matrix, tiny
 
 N_SUB = 3 * 6 * 6

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import ALL, ARCHS, tiny
+
 from pipeline.models import ARCHITECTURES, MultiScaleConfig, build_model, count_parameters, make_config
 from pipeline.models.__main__ import main as cli_main
 from pipeline.models.base import lstm_cell
@@ -203,6 +203,7 @@ def test_bench_flop_counts_match_torch_counter():
     """The analytic FLOP counts of bench/bench_model_step.py equal torch's FlopCounterMode."""
     import importlib.util
     from pathlib import Path
+
     from torch.utils.flop_counter import FlopCounterMode
     path = Path(__file__).resolve().parents[2] / "bench" / "bench_model_step.py"
     spec = importlib.util.spec_from_file_location("bench_model_step", path)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import ALL, ARCHS, peaky, tiny
 
 

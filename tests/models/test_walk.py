@@ -6,8 +6,8 @@ from typing import List
 
 import pytest
 import torch
-
 from helpers import ALL, peaky, tiny
+
 from pipeline.models.base import draw_uniforms, pick
 
 

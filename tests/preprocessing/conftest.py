@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import encode, noise_image, write
+from PIL import Image
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,12 @@ import signal
 import tarfile
 
 import pytest
+from helpers import output_bytes, read_samples
 
 import preprocessing.builder as build_mod
 from preprocessing import PreprocessError, build, finalize, info, verify
 from preprocessing.fsutil import read_json
 from preprocessing.imaging import png_encoder
-
-from helpers import output_bytes, read_samples
 
 SIZES = [16, 32]
 

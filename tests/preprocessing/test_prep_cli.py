@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from helpers import encode, noise_image, run_cli, write
 
 

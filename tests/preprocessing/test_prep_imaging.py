@@ -4,11 +4,10 @@ import io
 
 import numpy as np
 import pytest
+from helpers import encode, noise_image
 from PIL import Image
 
 from preprocessing.imaging import SkipImage, decode, render
-
-from helpers import encode, noise_image
 
 
 def _png_pixels(data: bytes) -> np.ndarray:

@@ -6,13 +6,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from helpers import encode, noise_image, output_bytes, read_samples, write
 from PIL import Image
 
 from preprocessing import PreprocessError, build, finalize, sources
 from preprocessing.arrays import safe_unpickle
 from preprocessing.labels import imagenet_class_map
-
-from helpers import encode, noise_image, output_bytes, read_samples, write
 
 WNIDS = ["n01440764", "n01443537", "n02119789"]
 IMAGENET_1K = sorted(imagenet_class_map().values())  # the label space of every source of ImageNet classes
