@@ -15,63 +15,43 @@ Torch-free: the launcher reads it before it submits anything.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 
-@dataclass(frozen=True)
-class RunDir:
-    """The paths of one run folder (nothing is created by asking for a path)."""
+class _Entry:
+    """A fixed name inside the run folder: `RunDir(...).metrics` is `<root>/metrics.jsonl`."""
 
-    root: Path
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run: "RunDir", owner: type) -> Path:
+        return run.root / self.name
+
+
+class RunDir:
+    """The paths of one run folder (asking for a path creates nothing)."""
+
+    config = _Entry("config.yaml")
+    deepspeed_config = _Entry("deepspeed.json")
+    metrics = _Entry("metrics.jsonl")
+    final_metrics = _Entry("final_metrics.json")
+    checkpoints = _Entry("checkpoints")
+    ranks = _Entry("ranks")
+    samples = _Entry("samples")
+    mlflow_run_id = _Entry("mlflow_run_id")
+    mlflow_store = _Entry("mlflow_store")
+    submitit = _Entry("submitit")
 
     def __init__(self, root: Union[str, Path]):
-        object.__setattr__(self, "root", Path(root))
+        self.root = Path(root)
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def deepspeed_config(self) -> Path:
-        return self.root / "deepspeed.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def final_metrics(self) -> Path:
-        return self.root / "final_metrics.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def ranks(self) -> Path:
-        return self.root / "ranks"
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples"
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
 
     def sample_grid(self, step: int) -> Path:
         """The sample grid written at the evaluation of `step`."""
         return self.samples / f"step{step:08d}.png"
-
-    @property
-    def mlflow_run_id(self) -> Path:
-        return self.root / "mlflow_run_id"
-
-    @property
-    def mlflow_store(self) -> Path:
-        return self.root / "mlflow_store"
-
-    @property
-    def submitit(self) -> Path:
-        return self.root / "submitit"
 
     def read_final(self) -> Optional[Dict[str, Any]]:
         """The finished run's summary, or None while there is none (or it cannot be read)."""
