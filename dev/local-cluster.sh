@@ -728,7 +728,9 @@ wait_for_nodes() {
                 start_slurmd "$node"
                 last_restart[$node]=$SECONDS
             fi
-            if ! slurmd_pid "$node" >/dev/null; then
+            # (a slurmd restarted just now may still be daemonizing: no pid file, the parent gone, for a moment)
+            if ((SECONDS - ${last_restart[$node]:--100} >= 5)) && ! slurmd_pid "$node" >/dev/null &&
+                ! { sleep 1; slurmd_pid "$node" >/dev/null; }; then
                 die "slurmd $node is not running (node state: ${state:-unknown})" "$LOG_DIR/slurmd-$node.log" \
                     "$LOG_DIR/slurmd-$node.stdout"
             fi
