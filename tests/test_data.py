@@ -1,16 +1,19 @@
 """The shard loader: deterministic, evenly split, resumable mid-epoch, and loud about bad shards."""
 from __future__ import annotations
 
+import dataclasses
+import io
 import itertools
 import json
 import shutil
+import tarfile
 
 import pytest
 import torch
 
 from helpers import read_samples
 from pipeline.data.plan import EvalPlan
-from pipeline.data.shards import ShardError, eval_batches, iterate_eval, load_shard_set
+from pipeline.data.shards import ShardError, eval_batches, iterate_eval, load_shard_set, read_spans
 from pipeline.data.stream import TrainStream, train_loader
 from pipeline.train.evaluate import evaluate_bits_per_dim
 
@@ -191,3 +194,22 @@ def test_distributed_evaluation_equals_the_single_rank_value(smoke_data, tmp_pat
     results = [json.loads((tmp_path / f"eval.{r}").read_text()) for r in (0, 1)]
     assert results[0] == results[1] and results[0]["samples"] == one["samples"] == 64
     assert abs(float.fromhex(results[0]["hex"]) - one["bits_per_dim"]) <= 1e-12
+
+
+def test_a_span_starts_at_its_sample_in_builder_shards_and_in_any_tar(smoke_data, tmp_path):
+    """Starting at sample `first` seeks over the samples before it (headers only); a tar with members the
+    fast header walk does not parse (GNU long names) is walked by tarfile instead, with the same result."""
+    shards = load_shard_set(smoke_data, 8, "train")
+    keys = [s["__key__"] for s in read_spans(shards, [(2, 0, 16)])]
+    assert [s["__key__"] for s in read_spans(shards, [(2, 5, 11)])] == keys[5:11]
+    long = tmp_path / "long.tar"
+    with tarfile.open(long, "w", format=tarfile.GNU_FORMAT) as tar:
+        for i in range(6):
+            for ext, data in (("cls", b"1"), ("png", b"x" * (100 + i))):
+                info = tarfile.TarInfo(f"{'k' * 120}{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    odd = dataclasses.replace(shards, shards=[(long, 6)])
+    assert [s["png"] for s in read_spans(odd, [(0, 4, 6)])] == [b"x" * 104, b"x" * 105]
+    with pytest.raises(ShardError, match="long.tar ends after 6 samples"):
+        list(read_spans(odd, [(0, 5, 7)]))
