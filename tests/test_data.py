@@ -116,6 +116,9 @@ def test_more_readers_than_shards_are_fed(smoke_data):
     assert len(set(seen)) == 32 and {end - first for _, first, end in seen} == {8}
     b = take(train_loader(stream(smoke_data, rank=3, world=4, workers=1, micro=8)), 1)[0]
     assert b.shape == (8, 3, 8, 8)
+    with pytest.raises(ShardError, match=r"256 train samples .* give 32 readers \(4 ranks × 8 loader workers\) "
+                                         r"less than one micro-batch \(16\) each: lower train.micro_batch_size"):
+        stream(smoke_data, world=4, workers=8, micro=16)
 
 
 def test_missing_manifest_and_missing_shard_are_named(smoke_data, tmp_path):
