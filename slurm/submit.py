@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 import time
@@ -119,8 +118,8 @@ def submit_training(cfg: JobConfig, use_slurm: bool, folder: Path, follow: bool)
 PLAN_FLOOR = 0.99   # a real submission refuses an epoch that leaves out more than 1 % of the train split
 
 
-def data_plan(cfg: JobConfig) -> Tuple[str, float]:
-    """The data plan line and the share of the train split an epoch uses, from the train and validation
+def data_plan(cfg: JobConfig) -> Tuple[str, TrainPlan]:
+    """The data plan line and the training plan, from the train and validation
     manifests alone (no shard is read): pipeline/data/plan.py, evaluated for this job's ranks. Raises
     ShardError for a missing or malformed manifest."""
     d, t, world = cfg.data, cfg.train, cfg.slurm.ranks()
@@ -130,19 +129,23 @@ def data_plan(cfg: JobConfig) -> Tuple[str, float]:
     val = EvalPlan(val_counts, world, t.micro_batch_size, t.eval_max_batches)
     steps = train.batches_per_rank // gradient_accumulation(cfg, world)
     line = (f"data plan: {train.samples_per_epoch:,} of {train.total:,} train images per epoch "
-            f"({math.floor(10000 * train.fraction) / 100:.2f} %), {steps:,} steps per epoch, "  # floored: 100 % means all
-            f"{train.batches_per_rank:,} batches "
-            f"per rank; validation: {val.images:,} images on {val.ranks_used} ranks, at most {val.steps:,} "
-            f"batches per rank")
-    return line, train.fraction
+            f"({percent(train)} %), {steps:,} steps per epoch, {train.batches_per_rank:,} batches per "
+            f"rank; validation: {val.images:,} images on {val.ranks_used} ranks, at most {val.steps:,} batches "
+            f"per rank")
+    return line, train
 
 
-def plan_refusal(cfg: JobConfig, fraction: float) -> Optional[str]:
+def percent(train: TrainPlan) -> str:
+    """The share of the train split an epoch uses, rounded down (100.00 % means every image)."""
+    return f"{10000 * train.samples_per_epoch // train.total / 100:.2f}"
+
+
+def plan_refusal(cfg: JobConfig, train: TrainPlan) -> Optional[str]:
     """Why a plan that leaves out more than 1 % of the train split is refused, and the fix."""
-    if fraction >= PLAN_FLOOR:
+    if train.fraction >= PLAN_FLOOR:
         return None
     d, t = cfg.data, cfg.train
-    return (f"an epoch would use only {100 * fraction:.2f} % of the train split (at least "
+    return (f"an epoch would use only {percent(train)} % of the train split (at least "
             f"{100 * PLAN_FLOOR:.0f} % is required): every one of the {cfg.slurm.ranks()} ranks × "
             f"{max(1, d.num_workers)} loader workers reads whole micro-batches of {t.micro_batch_size}; "
             f"lower data.num_workers or train.micro_batch_size, or train on fewer ranks")
@@ -151,17 +154,19 @@ def plan_refusal(cfg: JobConfig, fraction: float) -> Optional[str]:
 def print_data_plan(cfg: JobConfig, dry_run: bool) -> None:
     """Print the data plan; a real submission refuses one it cannot compute or that is below 99 %."""
     if dry_run and not Path(cfg.data.root).exists():
-        print(f"data plan: cannot be computed: data.root {cfg.data.root} is missing (see the warning)")
+        why = ("see the warning" if cfg.data.prepare == "none"
+               else f"a real submission builds it first: data.prepare={cfg.data.prepare}")
+        print(f"data plan: cannot be computed: data.root {cfg.data.root} is missing ({why})")
         return
     try:
-        line, fraction = data_plan(cfg)
+        line, train = data_plan(cfg)
     except ShardError as e:  # e.g. no manifest
         if not dry_run:
             raise ConfigError(f"the data plan cannot be computed: {e}") from None
         print(f"data plan: cannot be computed: {e}")
         return
     print(line)
-    refusal = plan_refusal(cfg, fraction)
+    refusal = plan_refusal(cfg, train)
     if refusal and dry_run:
         print(f"warning: {refusal} (a real submission refuses it)", file=sys.stderr)
     elif refusal:
