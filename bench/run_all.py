@@ -33,6 +33,7 @@ from pipeline.fsutil import atomic_write_text  # noqa: E402
 BENCHES = [
     ("preprocess", "bench_preprocess.py", [], ["--images", "60", "--repeats", "2"], 240),
     ("input", "bench_input.py", [], ["--quick"], 240),
+    ("skip", "bench_skip.py", [], ["--quick"], 120),
     ("model_step", "bench_model_step.py", [], ["--quick"], 420),
     ("engine", "bench_engine.py", [], ["--quick"], 300),
     ("sampling", "bench_sampling.py", [], ["--quick"], 420),

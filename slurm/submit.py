@@ -17,16 +17,19 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 if __name__ == "__main__" and not __package__:  # `python slurm/submit.py`: a script, not an import
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, installed or not
 
 from pipeline.config import ConfigError, ExperimentConfig, check_data_paths, get_args_parser, to_yaml  # noqa: E402
 from pipeline.config.files import list_experiments  # noqa: E402
+from pipeline.data.manifest import ShardError, read_manifest, shard_counts  # noqa: E402
+from pipeline.data.plan import EvalPlan, TrainPlan  # noqa: E402
 from pipeline.run_dir import RunDir  # noqa: E402
 from pipeline.tracking.tracker import absolute_uri, recorded_run, tracking_uri  # noqa: E402
 from pipeline.train.checkpoint import CheckpointError, latest_step  # noqa: E402
+from pipeline.train.ds_config import gradient_accumulation  # noqa: E402
 import preprocessing  # noqa: E402
 from slurm import jobs, preprocess_job  # noqa: E402
 from slurm.config import JobConfig, load_job_config  # noqa: E402
@@ -92,7 +95,6 @@ def prepare_data(cfg: ExperimentConfig) -> None:
 def submit_training(cfg: JobConfig, use_slurm: bool, folder: Path, follow: bool) -> int:
     """Submit `Trainer(cfg)`; locally (or with follow) wait for it and report how it ended."""
     executor = make_executor(cfg, not use_slurm, folder)
-    prepare_data(cfg)
     os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking.tracking_uri
     job = executor.submit(Trainer(cfg))
     where = "SLURM" if use_slurm else "local executor"
@@ -111,6 +113,64 @@ def submit_training(cfg: JobConfig, use_slurm: bool, folder: Path, follow: bool)
     else:
         jobs.wait([job])
     return report_training(job, cfg)
+
+
+PLAN_FLOOR = 0.99   # a real submission refuses an epoch that leaves out more than 1 % of the train split
+
+
+def data_plan(cfg: JobConfig) -> Tuple[str, TrainPlan]:
+    """The data plan line and the training plan, from the train and validation
+    manifests alone (no shard is read): pipeline/data/plan.py, evaluated for this job's ranks. Raises
+    ShardError for a missing or malformed manifest."""
+    d, t, world = cfg.data, cfg.train, cfg.slurm.ranks()
+    train_counts, val_counts = (tuple(shard_counts(read_manifest(d.root, cfg.model.image_size, split)[0]))
+                                for split in (d.train_split, d.val_split))
+    train = TrainPlan(train_counts, t.seed, world, max(1, d.num_workers), t.micro_batch_size)
+    val = EvalPlan(val_counts, world, t.micro_batch_size, t.eval_max_batches)
+    steps = train.batches_per_rank // gradient_accumulation(cfg, world)
+    line = (f"data plan: {train.samples_per_epoch:,} of {train.total:,} train images per epoch "
+            f"({percent(train)} %), {steps:,} steps per epoch, {train.batches_per_rank:,} batches per "
+            f"rank; validation: {val.images:,} images on {val.ranks_used} ranks, at most {val.steps:,} batches "
+            f"per rank")
+    return line, train
+
+
+def percent(train: TrainPlan) -> str:
+    """The share of the train split an epoch uses, rounded down (100.00 % means every image)."""
+    return f"{10000 * train.samples_per_epoch // train.total / 100:.2f}"
+
+
+def plan_refusal(cfg: JobConfig, train: TrainPlan) -> Optional[str]:
+    """Why a plan that leaves out more than 1 % of the train split is refused, and the fix."""
+    if train.fraction >= PLAN_FLOOR:
+        return None
+    d, t = cfg.data, cfg.train
+    return (f"an epoch would use only {percent(train)} % of the train split (at least "
+            f"{100 * PLAN_FLOOR:.0f} % is required): every one of the {cfg.slurm.ranks()} ranks × "
+            f"{max(1, d.num_workers)} loader workers reads whole micro-batches of {t.micro_batch_size}; "
+            f"lower data.num_workers or train.micro_batch_size, or train on fewer ranks")
+
+
+def print_data_plan(cfg: JobConfig, dry_run: bool) -> None:
+    """Print the data plan; a real submission refuses one it cannot compute or that is below 99 %."""
+    if dry_run and not Path(cfg.data.root).exists():
+        why = ("see the warning" if cfg.data.prepare == "none"
+               else f"a real submission builds it first: data.prepare={cfg.data.prepare}")
+        print(f"data plan: cannot be computed: data.root {cfg.data.root} is missing ({why})")
+        return
+    try:
+        line, train = data_plan(cfg)
+    except ShardError as e:  # e.g. no manifest
+        if not dry_run:
+            raise ConfigError(f"the data plan cannot be computed: {e}") from None
+        print(f"data plan: cannot be computed: {e}")
+        return
+    print(line)
+    refusal = plan_refusal(cfg, train)
+    if refusal and dry_run:
+        print(f"warning: {refusal} (a real submission refuses it)", file=sys.stderr)
+    elif refusal:
+        raise ConfigError(refusal)
 
 
 def mlflow_run_text(run_dir: Path, store: str) -> str:
@@ -205,12 +265,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.dry_run:
             warn_missing(check_data_paths, cfg)
             print(dry_run_training(cfg, use_slurm, folder))
+            print_data_plan(cfg, dry_run=True)
             return 0
         check_data_paths(cfg)
         done = already_complete(cfg)
         if done:
             print(done)
             return 0
+        prepare_data(cfg)
+        print_data_plan(cfg, dry_run=False)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,6 +42,10 @@ def assert_smoke_result(out, tmp_path):
 def test_smoke_locally_without_slurm_then_again(tmp_path, smoke_data):
     out = submit(*smoke_args(tmp_path, smoke_data), "--local")
     assert "(local executor, 2 task(s))" in out.stdout
+    # The plan, printed before the job is submitted (after the shards were built).
+    plan = ("data plan: 256 of 256 train images per epoch (100.00 %), 16 steps per epoch, 16 batches per rank; "
+            "validation: 64 images on 2 ranks, at most 4 batches per rank")
+    assert out.stdout.index(plan) < out.stdout.index(" as job ")
     first = assert_smoke_result(out, tmp_path)
 
     # Defect: running a finished experiment again printed the old result as if it had trained.

@@ -1,5 +1,7 @@
 """Reading the shards `preprocessing` writes (the format both sides import from `shardformat`).
 
-`shards.py`: a split as its manifest describes it, decoding, whole-split iteration (evaluation and the
-tools); `stream.py`: the deterministic, evenly split training stream with its exact data position.
+`manifest.py`: a split's manifest, torch-free; `plan.py`: the data plan, which samples each reader reads
+in an epoch and each rank evaluates (pure, torch-free); `shards.py`: a split as its manifest describes it,
+decoding, samples [first, end) of a shard, whole-split iteration (the tools); `stream.py`: the
+deterministic, evenly split training stream with its exact data position.
 """

@@ -2,38 +2,32 @@
 from `shardformat`: `<root>/<size>/<split>-000000.tar`, each sample `png` (size×size RGB), `cls`, `json`,
 and a manifest `<root>/<size>/<split>.json` listing every shard with its sample count and sha256.
 
-Training batches are deterministic functions of (seed, epoch, rank, world size, workers): each epoch the
-shard list is permuted with the seed, split by node (every world-th shard) and then by worker — the
-split `wds.split_by_node` / `wds.split_by_worker` make, computed here from the manifest so that every
-rank knows every other rank's share. Every (rank, worker) then yields exactly the same number of batches
-per epoch (the smallest share decides; unequal counts hang collective operations), so the data position
-is one integer, the number of batches consumed, and a resumed run sees exactly the batches the
-uninterrupted run would have seen.
+Which samples a reader reads is the data plan's (`plan.py`); this module reads them: a split as its
+manifest describes it, decoding, samples [first, end) of a shard, whole-split iteration (the tools).
 
 Only the `png` and `cls` keys are decoded, by Pillow and int(): no pickle decoder is ever reached.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
+import itertools
 import logging
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from shardformat import IMAGE, LABEL, FormatError, check_manifest, manifest_path, size_dir
+from pipeline.data.manifest import ShardError, read_manifest
+from pipeline.data.plan import Span
+from shardformat import IMAGE, LABEL, manifest_path, size_dir
 
 log = logging.getLogger(__name__)
-
-
-class ShardError(RuntimeError):
-    """A shard is missing, truncated or holds a sample that cannot be decoded; the message names it."""
 
 
 @dataclass
@@ -55,17 +49,7 @@ class ShardSet:
 def load_shard_set(root: str | Path, size: int, split: str) -> ShardSet:
     """Read and check `<root>/<size>/<split>.json`; every shard it lists must exist and be non-empty."""
     directory, mpath = size_dir(root, size), manifest_path(root, size, split)
-    if not mpath.exists():
-        hint = f"; data.root {root} does not exist" if not Path(root).exists() else ""
-        raise ShardError(f"no manifest {mpath}: build the shards with `python -m preprocessing build`"
-                         f" (data.root={root}, split={split}, size={size}){hint}")
-    raw = mpath.read_bytes()
-    try:
-        manifest = check_manifest(json.loads(raw), size)
-    except json.JSONDecodeError as e:
-        raise ShardError(f"manifest {mpath} is not valid JSON: {e}") from None
-    except FormatError as e:
-        raise ShardError(f"manifest {mpath}: {e}") from None
+    manifest, digest = read_manifest(root, size, split)
     shards = []
     for entry in manifest["shards"]:
         path = directory / entry["name"]
@@ -74,8 +58,7 @@ def load_shard_set(root: str | Path, size: int, split: str) -> ShardSet:
         if path.stat().st_size == 0:
             raise ShardError(f"shard {path} is empty")
         shards.append((path, int(entry["count"])))
-    return ShardSet(directory, split, size, shards, list(manifest["classes"]), manifest,
-                    hashlib.sha256(raw).hexdigest())
+    return ShardSet(directory, split, size, shards, list(manifest["classes"]), manifest, digest)
 
 
 def decode_sample(sample: Dict, size: int) -> Tuple[torch.Tensor, int]:
@@ -104,16 +87,74 @@ def skipping_handler(exn: Exception) -> bool:
     return True
 
 
-def eval_batches(shards: ShardSet, rank: int, world: int, batch_size: int,
-                 max_batches: int = 0) -> Tuple[List[Path], int]:
-    """This rank's validation shards (every world-th, in order) and its number of batches; each sample
-    of the split belongs to exactly one rank."""
-    mine = shards.shards[rank::world]
-    n = sum(c for _, c in mine)
-    batches = -(-n // batch_size)
-    if max_batches:
-        batches = min(batches, max_batches)
-    return [p for p, _ in mine], batches
+def read_spans(shards: ShardSet, spans: Iterable[Span], handler: Callable[[Exception], bool] = raising_handler,
+               select_files: Optional[Callable[[str], bool]] = None) -> Iterator[Dict]:
+    """The raw samples of `spans` (samples [first, end) of a shard, see `plan.py`), in order, read through
+    webdataset's tar expander and grouping. With the raising handler a shard that ends before its span
+    does (fewer samples than its manifest lists) is a ShardError; the skipping handler may leave a span short."""
+    for shard, first, end in spans:
+        path = shards.shards[shard][0]
+        got = first
+        with open(path, "rb") as f:
+            try:
+                got = _seek_to_sample(f, first)
+            except (tarfile.TarError, OSError) as e:
+                if handler(ShardError(f"{type(e).__name__}: {e}", str(path))):
+                    continue
+            files = tar_file_expander(iter([{"url": str(path), "stream": f}]), handler=handler,
+                                      select_files=select_files)
+            for sample in itertools.islice(group_by_keys(files, handler=handler), end - got):
+                yield sample
+                got += 1
+        if got < end and handler is raising_handler:
+            raise ShardError(f"shard {path} ends after {got} samples; {shards.directory / (shards.split + '.json')} "
+                             f"lists {shards.shards[shard][1]}")
+
+
+def _seek_to_sample(f: BinaryIO, first: int) -> int:
+    """Position the open tar `f` at the header of sample `first` (its first member) and return `first`, or
+    the number of samples the tar holds if fewer. Only the 512-byte headers are read, the members' data is
+    seeked over: starting mid-shard costs about a tenth of what reading the samples before it would."""
+    if first == 0:
+        return 0
+    start, keys, last = f.tell(), 0, None
+    while True:
+        offset, header = f.tell(), f.read(tarfile.BLOCKSIZE)
+        if len(header) < tarfile.BLOCKSIZE or not header.strip(b"\0"):
+            return keys   # the end of the archive
+        try:
+            if header[156:157] not in (b"0", b"\0"):   # not a plain file (a GNU long name, pax): tarfile's job
+                raise ValueError(header[156:157])
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            f.seek(start)
+            return _seek_with_tarfile(f, first)
+        key, _ = base_plus_ext(header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape"))
+        if key != last:   # webdataset's grouping rule: a new key starts a new sample
+            if keys == first:
+                f.seek(offset)
+                return first
+            keys, last = keys + 1, key
+        f.seek(offset + tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
+
+
+def _seek_with_tarfile(f: BinaryIO, first: int) -> int:
+    """`_seek_to_sample` for any tar tarfile reads (its headers parsed in full; a damaged one raises)."""
+    keys, last = 0, None
+    for info in tarfile.open(fileobj=f, mode="r:"):
+        key, _ = base_plus_ext(info.name)
+        if key != last:
+            if keys == first:
+                f.seek(info.offset)
+                return first
+            keys, last = keys + 1, key
+    return keys
+
+
+def eval_batches(shards: ShardSet, spans: Iterable[Span], batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 batches of the samples of `spans` in order (the last may be short): one rank's share of an
+    evaluation (`EvalPlan.spans`)."""
+    return _batched(read_spans(shards, spans), shards.size, batch_size)
 
 
 def split_batches(root: str | Path, size: int, split: str, batch_size: int) -> Iterator[torch.Tensor]:
@@ -126,6 +167,10 @@ def split_batches(root: str | Path, size: int, split: str, batch_size: int) -> I
 def iterate_eval(paths: List[Path], size: int, batch_size: int, max_batches: int = 0) -> Iterator[torch.Tensor]:
     """uint8 batches of the given shards in order (the last may be short)."""
     samples = wds.tarfile_to_samples(handler=raising_handler)(iter({"url": str(p)} for p in paths))
+    return _batched(samples, size, batch_size, max_batches)
+
+
+def _batched(samples: Iterable[Dict], size: int, batch_size: int, max_batches: int = 0) -> Iterator[torch.Tensor]:
     batch: List[torch.Tensor] = []
     count = 0
     for s in samples:

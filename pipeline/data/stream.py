@@ -1,24 +1,24 @@
 """The training stream: an endless, deterministic, evenly split sequence of uint8 batches per rank.
 
-Batches are deterministic functions of (seed, epoch, rank, world size, workers): each epoch the shard list
-is permuted with the seed, split by node (every world-th shard) and then by worker — the split
-`wds.split_by_node` / `wds.split_by_worker` make, computed here from the manifest so that every rank knows
-every other rank's share. Every (rank, worker) then yields exactly the same number of batches per epoch
-(the smallest share decides; unequal counts hang collective operations), so the data position is one
-integer, the number of batches consumed, and a resumed run sees exactly the batches the uninterrupted run
-would have seen.
+Which samples each (rank, loader worker) reads in an epoch is the data plan's (`plan.py`: a pure function
+of the shard counts, seed, epoch, world size, workers and micro-batch); every reader yields the same
+number of batches per epoch, so the data position is one integer, the number of batches consumed, and a
+resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import signal
-from typing import Iterator, List
+from typing import Iterator
 
 import torch
 import webdataset as wds
 
-from pipeline.data.shards import ShardError, ShardSet, decode_sample, raising_handler, skipping_handler
+from pipeline.data.plan import TrainPlan
+from pipeline.data.shards import (ShardError, ShardSet, decode_sample, raising_handler, read_spans,
+                                     skipping_handler)
 from shardformat import IMAGE, LABEL
 
 log = logging.getLogger(__name__)
@@ -39,48 +39,30 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.rank, self.world, self.workers = rank, world, max(1, num_workers)
         self.shuffle_buffer, self.on_corrupt = shuffle_buffer, on_corrupt
         self.start = 0  # batches already consumed (the data position)
-        slots = world * self.workers
-        if len(shards.shards) < slots:
-            raise ShardError(
-                f"{len(shards.shards)} {shards.split} shards in {shards.directory} cannot feed {world} ranks × "
-                f"{self.workers} loader workers ({slots} readers): write smaller shards (--shard-size) "
-                f"or lower data.num_workers")
-        # Whatever the permutation, a reader gets at least q = S // slots shards; the q smallest bound
-        # its share from below, so every epoch gives every reader this many batches.
-        counts = sorted(n for _, n in shards.shards)
-        per_slot = sum(counts[:len(counts) // slots])
-        self.batches_per_worker = per_slot // micro_batch
+        self.plan = TrainPlan(tuple(n for _, n in shards.shards), seed, world, self.workers, micro_batch)
+        self.batches_per_worker = self.plan.batches_per_reader
         if self.batches_per_worker < 1:
-            raise ShardError(f"a loader worker's share ({per_slot} samples) is less than one micro-batch "
-                             f"({micro_batch}): lower train.micro_batch_size or data.num_workers")
+            raise ShardError(f"{shards.num_samples} {shards.split} samples in {shards.directory} give "
+                             f"{self.plan.readers} readers ({world} ranks × {self.workers} loader workers) less "
+                             f"than one micro-batch ({micro_batch}) each: lower train.micro_batch_size or "
+                             f"data.num_workers")
 
     @property
     def batches_per_epoch(self) -> int:
         return self.batches_per_worker * self.workers
 
-    def _plan(self, epoch: int) -> List[int]:
-        order = list(range(len(self.shards.shards)))
-        random.Random(f"{self.seed}/{epoch}").shuffle(order)
-        return order
-
-    def _slot_shards(self, epoch: int, slot: int) -> List[int]:
-        rank, worker = divmod(slot, self.workers)
-        return self._plan(epoch)[rank::self.world][worker::self.workers]
-
     def _worker_batches(self, epoch: int, logical: int) -> Iterator[torch.Tensor]:
-        slot = self.rank * self.workers + logical
-        urls = [{"url": str(self.shards.shards[i][0])} for i in self._slot_shards(epoch, slot)]
+        reader = self.plan.reader(self.rank, logical)
+        spans = self.plan.spans(epoch, reader)
         handler = raising_handler if self.on_corrupt == "error" else skipping_handler
-        rng = random.Random(f"{self.seed}/{epoch}/{slot}")
+        rng = random.Random(f"{self.seed}/{epoch}/{reader}")
 
         # Only the image and the label are read from the tar (the json metadata is not needed here).
-        read = wds.tarfile_to_samples(handler=handler, select_files=lambda f: f.endswith((f".{IMAGE}", f".{LABEL}")))
-
         def samples():
-            yield from read(iter(urls))
-            # Only skipped (corrupt) samples can leave a share short of its batches: then cycle it.
-            while self.on_corrupt == "skip":
-                yield from read(iter(urls))
+            while True:  # only skipped (corrupt) samples can leave a share short of its batches: then cycle it
+                yield from read_spans(self.shards, spans, handler, select_files=_image_and_label)
+                if self.on_corrupt != "skip":
+                    return
 
         stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples())
         # Skip what an earlier run consumed before decoding anything (resume is cheap).
@@ -90,7 +72,9 @@ class TrainStream(torch.utils.data.IterableDataset):
             k0 = self.start % self.batches_per_epoch
             skip = len([j for j in range(self.batches_per_worker) if j * self.workers + logical < k0])
         for j in range(self.batches_per_worker):
-            raw = [next(stream) for _ in range(self.micro_batch)]
+            raw = list(itertools.islice(stream, self.micro_batch))
+            if len(raw) < self.micro_batch:  # read_spans names a short shard; this is a last guard
+                raise ShardError(f"reader {reader} of epoch {epoch} ran out of samples at batch {j}")
             if j < skip:
                 continue
             images = []
@@ -115,6 +99,10 @@ class TrainStream(torch.utils.data.IterableDataset):
         while True:
             yield from self._worker_batches(epoch, logical)
             epoch += 1
+
+
+def _image_and_label(name: str) -> bool:
+    return name.endswith((f".{IMAGE}", f".{LABEL}"))
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import REPO
 
-from pipeline.data.shards import eval_batches, iterate_eval, load_shard_set
+from pipeline.data.plan import EvalPlan
+from pipeline.data.shards import eval_batches, load_shard_set
 from pipeline.data.stream import TrainStream, train_loader
 from pipeline.train.weights import load_checkpoint_model
 
@@ -77,8 +78,8 @@ def test_shard_with_pickle_members_is_read_without_unpickling(smoke_data, tmp_pa
     batches = [next(it) for _ in range(stream.batches_per_epoch)]
     assert len(batches) == stream.batches_per_epoch and batches[0].shape == (8, 3, 8, 8)
     val = load_shard_set(copy, 8, "val")
-    paths, _ = eval_batches(val, 0, 1, 16)
-    assert sum(b.shape[0] for b in iterate_eval(paths, 8, 16)) == val.num_samples
+    spans = EvalPlan(tuple(n for _, n in val.shards), world=1, batch_size=16).spans(0)
+    assert sum(b.shape[0] for b in eval_batches(val, spans, 16)) == val.num_samples
     assert not marker.exists()
 
 
