@@ -25,7 +25,7 @@ if __name__ == "__main__" and not __package__:  # `python slurm/submit.py`: a sc
 from pipeline.config import ConfigError, ExperimentConfig, check_data_paths, get_args_parser, to_yaml  # noqa: E402
 from pipeline.config.files import list_experiments  # noqa: E402
 from pipeline.data.manifest import ShardError, read_manifest, shard_counts  # noqa: E402
-from pipeline.data.plan import EvalPlan, TrainPlan  # noqa: E402
+from pipeline.data.plan import EvalPlan, TrainPlan, percent, plan_line  # noqa: E402
 from pipeline.run_dir import RunDir  # noqa: E402
 from pipeline.tracking.tracker import absolute_uri, recorded_run, tracking_uri  # noqa: E402
 from pipeline.train.checkpoint import CheckpointError, latest_step  # noqa: E402
@@ -127,17 +127,7 @@ def data_plan(cfg: JobConfig) -> Tuple[str, TrainPlan]:
                                 for split in (d.train_split, d.val_split))
     train = TrainPlan(train_counts, t.seed, world, max(1, d.num_workers), t.micro_batch_size)
     val = EvalPlan(val_counts, world, t.micro_batch_size, t.eval_max_batches)
-    steps = train.batches_per_rank // gradient_accumulation(cfg, world)
-    line = (f"data plan: {train.samples_per_epoch:,} of {train.total:,} train images per epoch "
-            f"({percent(train)} %), {steps:,} steps per epoch, {train.batches_per_rank:,} batches per "
-            f"rank; validation: {val.images:,} images on {val.ranks_used} ranks, at most {val.steps:,} batches "
-            f"per rank")
-    return line, train
-
-
-def percent(train: TrainPlan) -> str:
-    """The share of the train split an epoch uses, rounded down (100.00 % means every image)."""
-    return f"{10000 * train.samples_per_epoch // train.total / 100:.2f}"
+    return plan_line(train, val, gradient_accumulation(cfg, world)), train
 
 
 def plan_refusal(cfg: JobConfig, train: TrainPlan) -> Optional[str]:

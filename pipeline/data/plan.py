@@ -140,3 +140,19 @@ class EvalPlan:
     def spans(self, rank: int) -> List[Span]:
         """The samples `rank` evaluates, in manifest order."""
         return cut(self.counts, range(len(self.counts)), *self._range(rank))
+
+
+def percent(train: TrainPlan) -> str:
+    """The share of the train split an epoch uses, rounded down (100.00 % means every image)."""
+    return f"{10000 * train.samples_per_epoch // train.total / 100:.2f}"
+
+
+def plan_line(train: TrainPlan, val: EvalPlan, accumulation: int) -> str:
+    """The one line that says what a run will read, printed by the launcher before anything runs and logged
+    by the trainer: `data plan: N of M train images per epoch (P %), S steps per epoch, B batches per rank;
+    validation: V images on R ranks, at most K batches per rank`."""
+    steps = train.batches_per_rank // accumulation
+    return (f"data plan: {train.samples_per_epoch:,} of {train.total:,} train images per epoch "
+            f"({percent(train)} %), {steps:,} steps per epoch, {train.batches_per_rank:,} batches per "
+            f"rank; validation: {val.images:,} images on {val.ranks_used} ranks, at most {val.steps:,} batches "
+            f"per rank")

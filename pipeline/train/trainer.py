@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import ExperimentConfig, to_yaml, validate
+from pipeline.data.plan import EvalPlan, plan_line
 from pipeline.data.shards import load_shard_set
 from pipeline.data.stream import TrainStream, to_device, train_loader
 from pipeline.fsutil import atomic_write_text
@@ -150,6 +151,9 @@ class Trainer:
         self.stream = TrainStream(self.train_set, cfg.train.micro_batch_size, cfg.train.seed, env.rank,
                                   env.world_size, cfg.data.num_workers, cfg.data.shuffle_buffer,
                                   cfg.data.on_corrupt)
+        val_plan = EvalPlan(tuple(n for _, n in self.val_set.shards), env.world_size, cfg.train.micro_batch_size,
+                            cfg.train.eval_max_batches)
+        log.info("%s", plan_line(self.stream.plan, val_plan, gradient_accumulation(cfg, env.world_size)))
         if env.world_size > 1 and cfg.train.heartbeat_s > 0:  # one rank has no peer to lose
             self.heartbeat.start()
             log.info("rank %d of %d on node %s (pid %d); rendezvous %s:%d", env.rank, env.world_size,
