@@ -50,15 +50,69 @@ def dist_env() -> DistEnv:
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 29500)))
 
 
-def resolve_device(requested: str) -> str:
-    """'auto' -> cuda when a GPU is visible, else cpu. Sets DS_ACCELERATOR before deepspeed is imported."""
+@dataclass(frozen=True)
+class CudaFacts:
+    """What a task can see of CUDA, gathered by `cuda_facts` (injected in tests: no GPU is needed)."""
+    torch_version: str
+    cuda_build: Optional[str]       # torch.version.cuda: None for a CPU-only build of torch
+    visible_devices: Optional[str]  # $CUDA_VISIBLE_DEVICES as set (None: not set, every GPU is visible)
+    device_count: int               # torch.cuda.device_count()
+
+
+def cuda_facts() -> CudaFacts:
+    """This process's CUDA facts. Does not initialise CUDA (device_count only asks the driver)."""
     import torch  # torch in the functions only: dist_env() and master_port serve the torch-free launcher
+    return CudaFacts(torch.__version__, torch.version.cuda, os.environ.get("CUDA_VISIBLE_DEVICES"),
+                     torch.cuda.device_count())
+
+
+def cuda_shortfall(facts: CudaFacts, local_ranks: int) -> Optional[str]:
+    """Why `local_ranks` ranks on this node cannot each have a GPU, naming what was seen; None if they can.
+
+    Every task either sees all of its node's GPUs (one per local rank) or exactly one (clusters that bind a
+    GPU to each task): fewer than the local ranks, but more than one, would give NCCL's "Duplicate GPU"
+    only when the first collective runs."""
+    if facts.cuda_build is None:
+        return f"this torch is a CPU-only build (torch {facts.torch_version}, torch.version.cuda is None)"
+    if facts.visible_devices is not None and not facts.visible_devices.strip():
+        return "CUDA_VISIBLE_DEVICES is set but empty (a --gres/--gpus mistake hides every GPU)"
+    if facts.device_count < 1:
+        return (f"torch {facts.torch_version} (CUDA {facts.cuda_build}) sees no GPU "
+                f"(CUDA_VISIBLE_DEVICES={facts.visible_devices!r}; no driver, or none allocated)")
+    if 1 < facts.device_count < local_ranks:
+        return (f"{facts.device_count} GPUs are visible for {local_ranks} ranks on this node "
+                f"(CUDA_VISIBLE_DEVICES={facts.visible_devices!r}): one GPU per rank is needed")
+    return None
+
+
+def local_ranks_from_env() -> int:
+    """Ranks on this node: LOCAL_WORLD_SIZE (torchrun, and submitit's export), else SLURM's tasks on this node."""
+    env = os.environ
+    if "LOCAL_WORLD_SIZE" in env:
+        return int(env["LOCAL_WORLD_SIZE"])
+    if "SLURM_NTASKS_PER_NODE" in env:
+        return int(env["SLURM_NTASKS_PER_NODE"])
+    return 1
+
+
+def resolve_device(requested: str, local_ranks: int = 1, facts: Optional[CudaFacts] = None) -> str:
+    """The device of this process, and DS_ACCELERATOR set to match before deepspeed is imported.
+
+    'auto' -> cuda when a GPU is visible, else cpu (tools, torchrun). 'cuda' is an expectation: a SLURM job
+    with `slurm.gpus_per_node > 0` gets it from the launcher (slurm/config.py job_device), and it refuses
+    to start without CUDA, naming what it saw (`cuda_shortfall`), rather than train on the CPU."""
+    facts = facts or cuda_facts()
     device = requested
     if requested == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if facts.cuda_build is not None and facts.device_count > 0 else "cpu"
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    elif os.environ.get("DS_ACCELERATOR", "cuda") != "cuda":
+        return device
+    problem = cuda_shortfall(facts, local_ranks)
+    if problem:
+        raise RuntimeError(f"train.device is cuda (the job asked for GPUs) but {problem}; refusing to train "
+                           "on the CPU")
+    if os.environ.get("DS_ACCELERATOR", "cuda") != "cuda":
         # e.g. inherited from a CPU run in the shell that submitted the job: DeepSpeed would put its
         # buffers on the CPU while the model is on the GPU.
         raise RuntimeError(f"train.device is {device} but DS_ACCELERATOR={os.environ['DS_ACCELERATOR']} is set "

@@ -32,7 +32,8 @@ from pipeline.tracking.baselines import codec_baselines
 from pipeline.tracking.figures import save_grid
 from pipeline.tracking.tracker import Tracker, git_commit
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.distributed import agree, dist_env, init_distributed, lost_rank_error, resolve_device
+from pipeline.train.distributed import (agree, dist_env, init_distributed, local_ranks_from_env, lost_rank_error,
+                                        resolve_device)
 from pipeline.train.ds_config import deepspeed_config, gradient_accumulation
 from pipeline.train.engine import initialize, loss_scale, model_config
 from pipeline.train.evaluate import evaluate_bits_per_dim
@@ -140,7 +141,8 @@ class Trainer:
         # One progress log per job: rank 0 says INFO, the others only warnings and errors.
         logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                             format="%(asctime)s %(name)s %(message)s", force=True)
-        self.device = resolve_device(cfg.train.device)
+        # train.device=cuda (a job that asked for GPUs) refuses to start without CUDA, naming what it saw.
+        self.device = resolve_device(cfg.train.device, local_ranks_from_env())
         validate(cfg, world_size=env.world_size)
         init_distributed(env, self.device, cfg.train.dist_timeout_s)
         self.stop = self.stop or StopFlag().install()
