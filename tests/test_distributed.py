@@ -147,3 +147,50 @@ def test_agree_reaches_every_rank(tmp_path):
     assert fine == [False, 3.0, False]   # loss sum 1 + 2
     assert nan[0] is True and nan[2] is False
     assert stop == [False, 1.0, True]
+
+
+def _rank0_only_on_two_ranks(rank: int, port: int, out: str) -> None:
+    """One rank of `test_a_failure_on_rank_0_alone_fails_every_rank_at_once`."""
+    import datetime
+    import json
+    import time
+
+    from pipeline.train.distributed import PeerFailedError, rank0_only
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    ran = []
+    result = rank0_only(rank, "a section that works", lambda: ran.append(rank) or "rank 0's result")
+    t0 = time.time()
+
+    def fail():
+        time.sleep(1.0)  # the other rank is waiting meanwhile
+        raise OSError("disk on fire")
+    try:
+        rank0_only(rank, "a section that fails", fail)
+        error = None
+    except (OSError, PeerFailedError) as e:
+        error = f"{type(e).__name__}: {e}"
+    took = time.time() - t0
+    dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"result": result, "ran": ran, "error": error, "took": took}, f)
+
+
+@pytest.mark.slow
+def test_a_failure_on_rank_0_alone_fails_every_rank_at_once(tmp_path):
+    """rank0_only (2 real gloo ranks, a 60 s collective timeout): only rank 0 runs the section; when it
+    raises, rank 0 re-raises its own error and rank 1 raises a PeerFailedError naming rank 0, its node and
+    the error, as soon as rank 0 has failed, not after the timeout."""
+    import json
+
+    import torch.multiprocessing as mp
+    from helpers import free_port
+    from pipeline.train.heartbeat import node_name
+    out = str(tmp_path / "verdict")
+    mp.spawn(_rank0_only_on_two_ranks, args=(free_port(), out), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"verdict.{r}").read_text()) for r in (0, 1))
+    assert (r0["result"], r0["ran"], r1["result"], r1["ran"]) == ("rank 0's result", [0], None, [])
+    assert r0["error"] == "OSError: disk on fire"
+    assert r1["error"] == (f"PeerFailedError: rank 1 of 2: rank 0 on node {node_name()} failed in a section "
+                           "that fails: OSError: disk on fire")
+    assert 1.0 <= r1["took"] < 10, r1["took"]  # waited for rank 0's failure, not for the 60 s timeout

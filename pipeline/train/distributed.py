@@ -11,9 +11,9 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
-from pipeline.train.heartbeat import Heartbeat, describe, find_lost
+from pipeline.train.heartbeat import Heartbeat, describe, find_lost, node_name
 
 # A SLURM job's rendezvous port: MASTER_PORT_BASE + job id % MASTER_PORT_SPAN, below Linux's ephemeral
 # range (32768+) so that no outgoing connection can hold it; slurm/executors.py exports the same.
@@ -175,12 +175,57 @@ def agree(loss, stop_asked: bool) -> Tuple[bool, float, bool]:
     return bad > 0, total, stop > 0
 
 
+class PeerFailedError(RuntimeError):
+    """Rank 0 failed in a section only it runs (`rank0_only`); raised on every other rank at the same time."""
+
+
+# rank0_only's verdict: one flag byte, then rank 0's message (UTF-8, cut to fit), in one fixed-size broadcast.
+_VERDICT_BYTES = 1024
+
+
+def rank0_only(rank: int, what: str, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 alone and let every rank leave together: its result on rank 0, None elsewhere.
+
+    Without this, an exception on rank 0 (e.g. a failed universal conversion, pipeline/train/checkpoint.py)
+    leaves the other ranks in the next collective until train.collective_timeout_s. Rank 0 broadcasts
+    whether `fn` succeeded, with its error, and on failure every rank raises at once: rank 0 its own error,
+    the others a PeerFailedError naming rank 0, its node and the error (their heartbeats say it too). The
+    broadcast waits for `fn` under the collective timeout, so `fn` must finish within it."""
+    import torch  # in the functions only: see resolve_device
+    import torch.distributed as dist  # as torch
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    error: Optional[BaseException] = None
+    result = None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 (reported to every rank, then re-raised below)
+            error = e
+    if world_size > 1:
+        verdict = torch.zeros(_VERDICT_BYTES, dtype=torch.uint8)
+        if error is not None:
+            text = (f"rank 0 on node {node_name()} failed in {what}: {type(error).__name__}: "
+                    f"{str(error).strip()}").encode()[:_VERDICT_BYTES - 1]
+            verdict[0] = 1
+            verdict[1:1 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        verdict = verdict.to(device)
+        dist.broadcast(verdict, src=0)
+        verdict = verdict.cpu()
+        if rank != 0 and verdict[0]:
+            message = bytes(verdict[1:].tolist()).rstrip(b"\0").decode(errors="replace")
+            raise PeerFailedError(f"rank {rank} of {world_size}: {message}")
+    if error is not None:
+        raise error
+    return result
+
+
 class LostRankError(RuntimeError):
     """A collective operation failed because another rank died or stopped answering."""
 
 
 # What gloo / NCCL / the c10d store say when a peer is gone or silent (connection reset, closed pipe, the
-# collective timeout `train.dist_timeout_s`).
+# collective timeout `train.collective_timeout_s`).
 _COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed? ?out|"
                                  r"socket timeout|DistBackendError|DistNetworkError", re.I)
 
@@ -217,5 +262,5 @@ def lost_rank_error(err: BaseException, env: DistEnv, timeout_s: int,
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return LostRankError(f"rank {env.rank} of {env.world_size}: a collective operation failed: {lost} "
                          f"(a peer that dies breaks the connection at once; a silent one fails it after "
-                         f"train.dist_timeout_s={timeout_s} s): {type(err).__name__}: {first[:500]}; resume "
+                         f"train.collective_timeout_s={timeout_s} s): {type(err).__name__}: {first[:500]}; resume "
                          f"from the last checkpoint by starting the job again")
