@@ -140,6 +140,10 @@ def validate_slurm(s: SlurmConfig) -> None:
     for key in ("gpus_per_node", "tasks_per_node", "mem_gb", "signal_delay_s", "max_num_timeout"):
         if getattr(s, key) < 0:
             raise ConfigError(f"'slurm.{key}' must be 0 or more, got {getattr(s, key)}")
+    if s.signal_delay_s >= 60 * s.timeout_min:
+        raise ConfigError(f"'slurm.signal_delay_s' ({s.signal_delay_s} s) is not shorter than the time limit "
+                          f"'slurm.timeout_min' ({s.timeout_min} min): the time-out signal would stop the job "
+                          "as soon as it starts")
     if s.gpus_per_node and s.tasks_per_node and s.tasks_per_node != s.gpus_per_node:
         raise ConfigError(f"'slurm.tasks_per_node' ({s.tasks_per_node}) differs from 'slurm.gpus_per_node' "
                           f"({s.gpus_per_node}): training runs one task per GPU; leave tasks_per_node at 0")

@@ -136,6 +136,8 @@ def test_a_preprocessing_experiment_is_refused_for_training():
     (["slurm.timeout_min=0"], "'slurm.timeout_min' must be at least 1, got 0"),
     (["slurm.mem_gb=-1"], "'slurm.mem_gb' must be 0 or more, got -1"),
     (["slurm.gpus_per_node=-8"], "'slurm.gpus_per_node' must be 0 or more, got -8"),
+    (["slurm.timeout_min=1", "slurm.signal_delay_s=60"],
+     "'slurm.signal_delay_s' (60 s) is not shorter than the time limit 'slurm.timeout_min' (1 min)"),
 ])
 def test_a_job_layout_that_cannot_run_is_refused_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
