@@ -11,6 +11,10 @@ compile:
 1. environment (GPU, torch / CUDA / DeepSpeed, commit) and the dense bf16/fp16/tf32 matmul rate, the
    denominator of the model FLOP utilisation (MFU); the training loop's collectives on NCCL
    (`pipeline.train.distributed.agree`, `pipeline.train.evaluate`);
+   1b. micro-batch 4 (what imagenet64_multiscale runs on 64 ranks): the 64x64 Diagonal BiLSTM's
+   throughput at 4 against 32, the top-level aten operator calls of one training step (torch.profiler:
+   what makes a small-batch step launch-bound), and a checkpoint save + load through
+   pipeline.train.checkpoint on the device (weights equal bit for bit);
 2. for each model, FLOPs per image (torch's FlopCounterMode) and training throughput + peak memory
    through the real path (`pipeline.engine.initialize`, ZeRO-2, world size 1) in bf16, bf16 with
    `train.compile=cell` (the fused LSTM cell) and fp16: the 12-layer Diagonal BiLSTM (h=128) at 64x64,
@@ -160,6 +164,9 @@ def targets(tp: Dict[str, Any], loader: Dict[str, Any]) -> Dict[str, Any]:
         r = loader["images_per_s"] / train
         out["loader_vs_training_64"] = {"value": round(r, 2), "target": TARGET_LOADER_RATIO,
                                         "met": r >= TARGET_LOADER_RATIO}
+    small, full = (rate(f"diagonal_bilstm_12x128_64{mb}_bf16", "images_per_s") for mb in ("_mb4", ""))
+    if small and full:  # 1.0: the step costs its FLOPs; 0.125 (= 4/32): a step costs the same at any batch
+        out["mb4_vs_mb32_images_per_s_64"] = round(small / full, 3)
     faster = {}
     for key, *_ in MODELS:
         eager, cell = rate(f"{key}_bf16", "images_per_s"), rate(f"{key}_bf16_cell", "images_per_s")
@@ -240,6 +247,23 @@ def main() -> int:
     rep.data["targets"] = targets(tp, loader)
     rep.save()
     print(f"[targets] {json.dumps(rep.data['targets'])}", flush=True)
+
+    # 1b. micro-batch 4 (imagenet64_multiscale's on 64 ranks): launch-bound? Throughput at 4 against 32
+    # (images/s ratio), and the operator calls of one step that bound it; checkpoint save/load on the device
+    mb4 = "diagonal_bilstm_12x128_64_mb4"
+    if dist_ok:
+        rep.section(f"{mb4}_bf16", lambda: S.throughput(
+            S.config("imagenet64_diagonal_bilstm", [], "bf16", 4, device, smoke), device, args.steps, peak,
+            (rep.data.get("flops_diagonal_bilstm_12x128_64") or {}).get("flops_per_image_fwd_bwd", 0.0)),
+            need_s=15, limit_s=90, into=tp)
+        rep.section("operator_calls_diagonal_bilstm_64_mb4", lambda: S.operator_calls(
+            S.config("imagenet64_diagonal_bilstm", [], "bf16", 4, device, smoke), device), need_s=15, limit_s=90)
+        rep.section("checkpoint_round_trip", lambda: S.checkpoint_round_trip(
+            S.config("imagenet64_diagonal_bilstm", [], "bf16", 4, device, smoke), device), need_s=15, limit_s=90)
+    else:
+        for key in ("operator_calls_diagonal_bilstm_64_mb4", "checkpoint_round_trip"):
+            rep.data[key] = {"error": "no process group (see distributed_init)"}
+    rep.data["targets"] = targets(tp, loader)
 
     # 2. CUDA graphs of the 64x64 Diagonal BiLSTM's whole step (seconds to capture, unlike compile)
     if smoke:

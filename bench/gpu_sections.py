@@ -346,3 +346,65 @@ def loader_rate(cfg, images_total: int, batches: int) -> Dict[str, Any]:
         del it
     return {"images_per_s": round(batches * batch / dt, 1), "num_workers": workers, "micro_batch": batch,
             "image_size": size, "batches_timed": batches, "shards_built_s": round(build_s, 1)}
+
+
+def operator_calls(cfg, device: str) -> Dict[str, Any]:
+    """Operator calls of one training step (forward, backward, optimizer) through the real engine, counted
+    by torch.profiler: the top-level aten ops (each a kernel launch or more on a GPU), i.e. those not
+    called from inside another aten op. At small micro-batches a recurrent model's step is bound by
+    these launches, not by its FLOPs."""
+    from torch.profiler import ProfilerActivity, profile
+    engine, _ = _engine(cfg)
+    x = images(cfg.train.micro_batch_size, cfg.model.image_size, device)
+
+    def one():
+        loss = engine(x).mean()
+        engine.backward(loss)
+        engine.step()
+    one()  # warm-up: allocations, first-call paths
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        one()
+        sync(device)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    names: Dict[str, int] = {}
+    for e in top:
+        names[e.name] = names.get(e.name, 0) + 1
+    return {"model": f"{cfg.model.name} {cfg.model.layers}x{cfg.model.hidden} at {cfg.model.image_size}px",
+            "micro_batch": cfg.train.micro_batch_size, "top_level_aten_calls_per_step": len(top),
+            "all_aten_calls_per_step": len(events),
+            "most_called": dict(sorted(names.items(), key=lambda kv: -kv[1])[:8])}
+
+
+def checkpoint_round_trip(cfg, device: str) -> Dict[str, Any]:
+    """pipeline.train.checkpoint.save and load of a real engine on this device (CUDA on a GPU): the
+    reloaded weights equal the saved ones bit for bit, and the seconds each took."""
+    import torch
+    from pipeline.train import checkpoint as ckpt
+    engine, model = _engine(cfg)
+    x = images(cfg.train.micro_batch_size, cfg.model.image_size, device)
+    loss = engine(x).mean()
+    engine.backward(loss)
+    engine.step()
+    before = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        tag = ckpt.save(engine, Path(tmp), 1, {"step": 1}, {"world_size": 1}, keep_last=1, rank=0)
+        sync(device)
+        save_s = time.perf_counter() - t
+        size = sum(p.stat().st_size for p in (Path(tmp) / tag).rglob("*") if p.is_file())
+        del engine
+        engine, model = _engine(cfg)
+        t = time.perf_counter()
+        ckpt.load(engine, Path(tmp), tag, rank=0)
+        sync(device)
+        load_s = time.perf_counter() - t
+    after = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    same = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    on = {str(p.device) for p in model.parameters()}
+    del engine
+    if not same:
+        raise AssertionError("the reloaded weights differ from the saved ones")
+    return {"device": sorted(on), "save_s": round(save_s, 2), "load_s": round(load_s, 2),
+            "checkpoint_mib": round(size / 2 ** 20, 2), "weights_equal": same}

@@ -98,8 +98,27 @@ def load_job_config(exp: str, overrides: Optional[List[str]] = None) -> JobConfi
     """Load an experiment YAML (name or path) for submission: the training experiment and its `slurm:` and
     `preprocess:` sections, with the overrides, validated (`validate_job`). Pure: reads the YAML files only."""
     cfg = compose(exp, overrides, JobConfig)
+    if cfg.kind == "train":
+        validate_slurm(cfg.slurm)
+        cfg.train.device = job_device(cfg.train.device, cfg.slurm)
     validate_job(cfg)
     return cfg
+
+
+def job_device(device: str, s: SlurmConfig) -> str:
+    """The device a training job expects, from its launch layout: cuda when it asks for GPUs
+    (`slurm.gpus_per_node > 0`: the job then refuses to start without CUDA instead of falling back to the
+    CPU, pipeline.train.distributed.resolve_device), cpu on CPU-only nodes. An explicit `train.device`
+    that contradicts the layout is refused."""
+    if s.gpus_per_node > 0:
+        if device == "cpu":
+            raise ConfigError(f"'train.device' is cpu but 'slurm.gpus_per_node' is {s.gpus_per_node}: the GPUs "
+                              "would sit idle; set slurm.gpus_per_node=0 for a CPU job (or train.device=cuda)")
+        return "cuda"
+    if device == "cuda":
+        raise ConfigError("'train.device' is cuda but 'slurm.gpus_per_node' is 0: the job would get no GPU; "
+                          "set slurm.gpus_per_node (or --gpus-per-node) to the GPUs of each node")
+    return "cpu"
 
 
 def validate_job(cfg: JobConfig) -> None:
@@ -109,13 +128,22 @@ def validate_job(cfg: JobConfig) -> None:
         validate_preprocess(cfg)
         return
     validate_slurm(cfg.slurm)
+    job_device(cfg.train.device, cfg.slurm)
     validate(cfg, world_size=cfg.slurm.ranks())
 
 
 def validate_slurm(s: SlurmConfig) -> None:
-    """Checks of a training job's layout: at least one node, one task per GPU."""
-    if s.nodes < 1:
-        raise ConfigError(f"'slurm.nodes' must be at least 1, got {s.nodes}")
+    """Checks of a training job's layout: at least one node, one task per GPU, resources that exist."""
+    for key in ("nodes", "cpus_per_task", "timeout_min"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"'slurm.{key}' must be at least 1, got {getattr(s, key)}")
+    for key in ("gpus_per_node", "tasks_per_node", "mem_gb", "signal_delay_s", "max_num_timeout"):
+        if getattr(s, key) < 0:
+            raise ConfigError(f"'slurm.{key}' must be 0 or more, got {getattr(s, key)}")
+    if s.signal_delay_s >= 60 * s.timeout_min:
+        raise ConfigError(f"'slurm.signal_delay_s' ({s.signal_delay_s} s) is not shorter than the time limit "
+                          f"'slurm.timeout_min' ({s.timeout_min} min): the time-out signal would stop the job "
+                          "as soon as it starts")
     if s.gpus_per_node and s.tasks_per_node and s.tasks_per_node != s.gpus_per_node:
         raise ConfigError(f"'slurm.tasks_per_node' ({s.tasks_per_node}) differs from 'slurm.gpus_per_node' "
                           f"({s.gpus_per_node}): training runs one task per GPU; leave tasks_per_node at 0")

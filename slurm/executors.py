@@ -8,12 +8,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
-from pipeline.train.distributed import MASTER_PORT_BASE, MASTER_PORT_SPAN
+from pipeline.config import ConfigError
+from pipeline.train.distributed import MASTER_PORT_BASE, MASTER_PORT_SPAN, CudaFacts, cuda_facts, cuda_shortfall
 from slurm.config import JobConfig
 
 # The job's rendezvous, exported by the sbatch script itself (before srun starts the tasks, which inherit
@@ -24,6 +25,40 @@ RENDEZVOUS_SETUP = [
     'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
     f'export MASTER_PORT="$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % {MASTER_PORT_SPAN} ))"',
 ]
+
+
+# sbatch exports the submitting shell's environment to the job (its default --export=ALL, and submitit runs
+# sbatch with this process's environment): a DS_ACCELERATOR=cpu left there by a CPU run would make DeepSpeed
+# put its buffers on the CPU in a GPU job. A GPU job's script removes it (the dry-run shows the line).
+GPU_JOB_SETUP = ["unset DS_ACCELERATOR  # a GPU job: never the submitting shell's DeepSpeed accelerator"]
+
+
+def job_setup(cfg: JobConfig) -> List[str]:
+    """The lines the job's script runs before its tasks start: the rendezvous, and for a GPU job the
+    removal of an inherited DS_ACCELERATOR."""
+    return list(RENDEZVOUS_SETUP) + (list(GPU_JOB_SETUP) if cfg.slurm.gpus_per_node else [])
+
+
+def srun_args(cfg: JobConfig) -> List[str]:
+    """srun's options. `--cpus-per-task`: srun of SLURM 22.05-23.02 does not inherit it from sbatch, and
+    without it each task is bound to one core (its threads, loader workers and launch thread on it)."""
+    return ["--cpus-per-task", str(cfg.slurm.cpus_per_task)]
+
+
+def check_local_resources(cfg: JobConfig, facts: Optional[CudaFacts] = None) -> None:
+    """Refuse a local run (submitit's local executor: every task on this machine) of a GPU job that this
+    machine cannot give one GPU per task, naming what it saw, before anything starts."""
+    s = cfg.slurm
+    if not s.gpus_per_node:
+        return
+    ranks, facts = s.ranks(), facts or cuda_facts()
+    # Locally every task sees the same GPUs (submitit's CUDA_VISIBLE_DEVICES): as many as tasks are needed.
+    problem = cuda_shortfall(facts, ranks) or (
+        f"{facts.device_count} GPU(s) are visible for {ranks} tasks" if facts.device_count < ranks else None)
+    if problem:
+        raise ConfigError(f"a local run of 'slurm.gpus_per_node'={s.gpus_per_node} ({ranks} task(s), one GPU "
+                          f"each) cannot run here: {problem}; submit it to SLURM, or set "
+                          "slurm.gpus_per_node=0 for a CPU run")
 
 
 def slurm_available() -> bool:
@@ -61,12 +96,13 @@ def make_executor(cfg: JobConfig, local: bool, folder: Path):
     tasks = s.ranks_per_node()
     if local:
         ex = submitit.LocalExecutor(folder=folder)
+        gpus = s.gpus_per_node * s.nodes
         ex.update_parameters(nodes=1, tasks_per_node=tasks * s.nodes, timeout_min=s.timeout_min,
-                             gpus_per_node=s.gpus_per_node * s.nodes if s.gpus_per_node else 0)
+                             gpus_per_node=gpus, **(dict(setup=list(GPU_JOB_SETUP)) if gpus else {}))
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_num_timeout)
     ex.update_parameters(**slurm_parameters(cfg, nodes=s.nodes, tasks=tasks, gpus_per_node=s.gpus_per_node),
-                         slurm_setup=list(RENDEZVOUS_SETUP))
+                         slurm_setup=job_setup(cfg), slurm_srun_args=srun_args(cfg))
     return ex
 
 

@@ -46,6 +46,14 @@ if "SUBMITIT_FOLDER" in os.environ:
     signal.signal(signal.SIGUSR2, _remember_early_signal)
 
 
+def rank_threads(cpus_per_task: int, num_workers: int) -> int:
+    """torch threads of one rank: the task's CPUs (srun gets `--cpus-per-task`, slurm/executors.py
+    srun_args) minus one per loader worker, at least 1. Each DataLoader worker is a process that computes
+    on one thread (PyTorch sets 1 in every worker) and decodes the PNGs; the rank's own threads (forward,
+    backward, optimizer) get the rest. E.g. 8 CPUs and 4 workers: 4 threads; 1 CPU: 1 thread."""
+    return max(1, cpus_per_task - num_workers)
+
+
 def _stop_wait_s() -> float:
     """How long a stopped rank waits for SLURM to end the job (requeue, cancel or time limit)."""
     return float(os.environ.get("PIXELRNN_STOP_WAIT_S", "300"))
@@ -60,16 +68,16 @@ class Trainer(submitit.helpers.Checkpointable):
         self.cfg = cfg
 
     def __call__(self) -> Dict[str, Any]:
-        # Threads per rank = the CPUs SLURM gave the task, set before torch is first imported (torch reads
-        # it once). Without it each rank uses every core of the node, and results differ in the last bits
-        # from a torchrun launch (which sets 1), measured: the losses diverged at step 14.
-        if self.cfg.slurm.cpus_per_task:
-            os.environ.setdefault("OMP_NUM_THREADS", str(self.cfg.slurm.cpus_per_task))
+        # Threads per rank from the task's CPUs (rank_threads), set before torch is first imported (torch
+        # reads it once) and over any value the submitting shell exported into the job. Without it each
+        # rank uses every core of the node, and results differ in the last bits from a torchrun launch
+        # (which sets 1), measured: the losses diverged at step 14.
+        threads = rank_threads(self.cfg.slurm.cpus_per_task, self.cfg.data.num_workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch  # only now: torch reads OMP_NUM_THREADS once, at its first import (above)
         from pipeline.train.trainer import StopFlag, StopRequested, train  # imports torch: as above
 
-        if "OMP_NUM_THREADS" in os.environ:
-            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        torch.set_num_threads(threads)
         dist_env = submitit.helpers.TorchDistributedEnvironment()
         # On SLURM the sbatch script exported the rendezvous (first node of the job, port from the job id:
         # slurm/executors.py RENDEZVOUS_SETUP) and every task uses exactly that; submitit's own values

@@ -33,7 +33,7 @@ from pipeline.train.ds_config import gradient_accumulation  # noqa: E402
 import preprocessing  # noqa: E402
 from slurm import jobs, preprocess_job  # noqa: E402
 from slurm.config import JobConfig, load_job_config  # noqa: E402
-from slurm.executors import make_executor, sbatch_script, slurm_available  # noqa: E402
+from slurm.executors import check_local_resources, make_executor, sbatch_script, slurm_available  # noqa: E402
 from slurm.launcher import Trainer  # noqa: E402
 
 
@@ -251,6 +251,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             preprocess_job.check_inputs(cfg)
             return preprocess_job.submit(cfg, use_slurm, folder, args.follow)
         absolutize(cfg)
+        if not use_slurm:  # every task would run here: this machine must have the GPUs the job asks for
+            check_local_resources(cfg)
         folder = RunDir(cfg.output_dir).submitit / time.strftime("%Y%m%d-%H%M%S")
         if args.dry_run:
             warn_missing(check_data_paths, cfg)

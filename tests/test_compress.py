@@ -15,7 +15,8 @@ from PIL import Image
 
 from pipeline.compression import prc
 from pipeline.compression.__main__ import main
-from pipeline.compression.codec import CompressError, decode_file, encode_images, load_model, read_images
+from pipeline.compression.codec import (CompressError, decode_file, encode_images, load_model, probe_sha256,
+                                        read_images)
 from pipeline.models import ARCHITECTURES, build_model
 
 torch.set_num_threads(1)
@@ -131,12 +132,94 @@ def test_image_names_from_the_file_cannot_leave_the_output_folder(tmp_path):
 
 def test_different_probabilities_are_caught_by_the_pixel_checksum(tmp_path):
     """A decoder whose probabilities differ from the encoder's (here: float64 instead of float32, as
-    another machine's kernels might round) decodes other pixels; the checksum refuses them."""
+    another machine's kernels might round) decodes other pixels; the checksum refuses them. (The probe
+    would refuse first: the probe checksum is made to match float64's here, to reach the last guard.)"""
     ckpt = export(tmp_path / "model.pt")
     data, _ = encode(ckpt, images(3))
-    other = _repack(data, lambda h: h["compute"].update(dtype="float64"))
+    model64, _ = load_model(ckpt, "float64")
+    other = _repack(data, lambda h: h["compute"].update(dtype="float64", probe_sha256=probe_sha256(model64)))
     with pytest.raises(prc.PrcError, match="chunk 0 decoded to other pixels .* nothing was written"):
         decode_file(other, ckpt, progress=False)
+
+
+def _flip_last_bits(model: torch.nn.Module) -> None:
+    """The last mantissa bit of the output layer's weights flipped: what other kernels' rounding looks like
+    to the coder (the logits move by an ulp or so)."""
+    w = [p for p in model.parameters() if p.dim() > 1][-1]
+    with torch.no_grad():
+        w.view(torch.int32).bitwise_xor_(1)
+
+
+def test_a_machine_computing_other_probabilities_is_refused_by_the_probe_first(tmp_path, monkeypatch, capsys):
+    """The .prc header carries a checksum of the model's probabilities on a fixed probe input; decode checks
+    it before any chunk and refuses a mismatch in well under a second, exit 2, naming what differs."""
+    import time
+
+    from pipeline.compression import codec
+    ckpt = export(tmp_path / "model.pt")
+    data, _ = encode(ckpt, images(3))
+    header, _, _ = prc.unpack(data)
+    assert len(header["compute"]["probe_sha256"]) == 32 and header["compute"]["blas"]
+    real_load = codec.load_model
+
+    def other_kernels(checkpoint, dtype="float32"):  # same weights (same sha256), probabilities a bit off
+        model, sha = real_load(checkpoint, dtype)
+        _flip_last_bits(model)
+        return model, sha
+    monkeypatch.setattr(codec, "load_model", other_kernels)
+    t0 = time.perf_counter()
+    with pytest.raises(prc.PrcError, match=r"the model's probabilities differ from the encoder's \(probe checksum "
+                                           r".*refused before decoding.*nothing recorded differs"):
+        decode_file(data, ckpt, progress=False)
+    assert time.perf_counter() - t0 < 1.0
+    monkeypatch.setattr(codec, "load_model", real_load)
+
+    # the recorded checksum perturbed, and the file saying it came from another torch and other kernels
+    elsewhere = _repack(data, lambda h: h["compute"].update(probe_sha256="0" * 32, torch="2.12.0",
+                                                            cpu_capability="AVX2"))
+    path = tmp_path / "elsewhere.prc"
+    path.write_bytes(elsewhere)
+    t0 = time.perf_counter()
+    rc = main(["decode", str(path), "--out-dir", str(tmp_path / "never"), "--checkpoint", ckpt, "--no-progress"])
+    took = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (f"differs here: torch 2.12.0 there, {torch.__version__} here; CPU kernels AVX2 there, "
+            f"{torch.backends.cpu.get_cpu_capability()} here") in err
+    assert took < 1.0 and not (tmp_path / "never").exists()
+
+
+def test_a_coder_failure_mid_stream_is_the_same_clear_error(tmp_path, monkeypatch, capsys):
+    from pipeline.compression import codec
+    ckpt = export(tmp_path / "model.pt")
+    path = tmp_path / "x.prc"
+    path.write_bytes(encode(ckpt, images(2))[0])
+
+    def failing(*args, **kwargs):  # what constriction raises when the stream and the probabilities disagree
+        raise ValueError("Invalid compressed data.")
+    monkeypatch.setattr(codec, "decode_batch", failing)
+    assert main(["decode", str(path), "--out-dir", str(tmp_path / "never"), "--checkpoint", ckpt,
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, err
+    assert ("chunk 0 could not be decoded: the range coder failed mid-stream (ValueError: Invalid compressed "
+            "data.): the probabilities differed from the encoder's") in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_format_1_file_without_the_probe_still_decodes(tmp_path):
+    ckpt = export(tmp_path / "model.pt")
+    x = images(3)
+    data, _ = encode(ckpt, x)
+    header, payloads, _ = prc.unpack(data)
+    for key in ("probe_sha256", "blas"):
+        header["compute"].pop(key)
+    old = prc.pack(header, payloads)
+    old = old[:4] + bytes([1]) + old[5:]  # as version 1 wrote it
+    y, _, _ = decode_file(old, ckpt, progress=False)
+    assert torch.equal(x, y)
+    with pytest.raises(prc.PrcError, match=r"the header lacks compute.blas, compute.probe_sha256"):
+        decode_file(prc.pack(header, payloads), ckpt, progress=False)  # version 2 requires them
 
 
 def test_corrupted_and_truncated_files_fail_clearly(tmp_path, capsys):

@@ -181,6 +181,19 @@ def test_deepspeed_json_is_derived_from_the_config():
     assert ds1["gradient_accumulation_steps"] == 8          # the global batch stays what the config says
 
 
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_bf16_reduces_and_accumulates_gradients_in_fp32(stage):
+    """DeepSpeed's bf16 default reduces and accumulates gradients in bf16; the derived JSON asks for fp32
+    (accumulation at ZeRO 1-3: DeepSpeed 0.19 refuses it at ZeRO-0, see ds_config.bf16_gradients)."""
+    ds = deepspeed_config(load_config("smoke", [f"train.zero_stage={stage}"]), world_size=2)
+    assert ds["bf16"]["enabled"] and ds["communication_data_type"] == "fp32"
+    assert ds.get("data_types") == (None if stage == 0 else {"grad_accum_dtype": "fp32"})
+    for precision in ("fp32", "fp16"):  # fp32 is fp32 already; fp16 keeps DeepSpeed's loss-scaled fp16 path
+        other = deepspeed_config(load_config("smoke", [f"train.zero_stage={max(stage, 1)}", "train.device=auto",
+                                                       f"train.precision={precision}"]), world_size=2)
+        assert "communication_data_type" not in other and "data_types" not in other
+
+
 def test_bad_override_fails_fast_from_the_command_line():
     t0 = time.time()
     out = subprocess.run([sys.executable, "slurm/submit.py", "--exp", "smoke", "model.nonexistent=1"],
@@ -216,3 +229,16 @@ def test_the_training_entry_refuses_a_bad_config_in_one_line(capsys):
     assert main(["--exp", "preprocess_imagenet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a preprocessing experiment" in err[0]
+
+
+def test_the_renamed_collective_timeout_is_refused_by_its_old_name_and_read_back_from_old_runs():
+    """train.dist_timeout_s became train.collective_timeout_s (default 300 s: a stuck rank ends the job
+    within it + 60 s): the old name is refused naming the new one; a config.yaml saved before reads back."""
+    assert load_config("smoke").train.collective_timeout_s == 300
+    with pytest.raises(ConfigError, match=r"^override: 'train.dist_timeout_s' was renamed "
+                                          r"'train.collective_timeout_s'$"):
+        load_config("smoke", ["train.dist_timeout_s=60"])
+    saved = to_yaml(load_config("smoke", ["train.collective_timeout_s=77"])).replace(
+        "collective_timeout_s: 77", "dist_timeout_s: 77")
+    assert "dist_timeout_s: 77" in saved
+    assert from_yaml_text(saved).train.collective_timeout_s == 77

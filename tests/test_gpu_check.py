@@ -33,6 +33,14 @@ def test_cpu_smoke_fills_every_section_without_errors(tmp_path):
         assert tp[f"{key}_fp16"] == {"skipped": "fp16 training needs a GPU"}
     assert tp["pixelcnn_12x128_64_bf16"]["achieved_tflops"] > 0 and "pixelcnn_12x128_64_bf16_cell" not in tp
     assert data["loader_64"]["images_per_s"] > 0 and data["loader_64"]["num_workers"] == 4
+    # micro-batch 4: its throughput beside micro-batch 32's, the operator calls of one step, a checkpoint
+    assert tp["diagonal_bilstm_12x128_64_mb4_bf16"]["micro_batch"] == 4
+    assert data["targets"]["mb4_vs_mb32_images_per_s_64"] > 0
+    ops = data["operator_calls_diagonal_bilstm_64_mb4"]
+    assert ops["micro_batch"] == 4 and 0 < ops["top_level_aten_calls_per_step"] <= ops["all_aten_calls_per_step"]
+    assert sum(ops["most_called"].values()) <= ops["top_level_aten_calls_per_step"]
+    ck = data["checkpoint_round_trip"]
+    assert ck["weights_equal"] is True and ck["device"] == ["cpu"] and ck["checkpoint_mib"] > 0
     t = data["targets"]
     assert set(t) >= {"diag64_vs_pixelcnn64_flops_eager", "diag64_vs_pixelcnn64_flops_cell",
                       "loader_vs_training_64", "cell_vs_eager_images_per_s", "train_compile_default"}

@@ -156,7 +156,7 @@ def test_node_loss_is_named_keeps_checkpoints_and_resumes_on_one_node(tmp_path, 
     """SIGKILL of every task process on node2 (ranks 2 and 3 and their loader workers) mid-run."""
     common = ["train.global_batch_size=32", "train.eval_every=100000", "train.sample_every_eval=0",
               "train.log_every=50", "checkpoint.every=30", "checkpoint.keep_last=3",
-              f"train.dist_timeout_s={DIST_TIMEOUT_S}"]
+              f"train.collective_timeout_s={DIST_TIMEOUT_S}"]
     run, db, log = tmp_path / "run", tmp_path / "mlflow.db", tmp_path / "submit.log"
     ckpts = run / "checkpoints"
     proc = start(submit_cmd(run, smoke_data, db, "train.max_steps=100000", *common, "--nodes", "2",

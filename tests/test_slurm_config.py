@@ -80,7 +80,25 @@ def test_a_saved_job_config_reads_back_as_either_schema():
     text = to_yaml(job)
     assert flatten(from_yaml_text(text, JobConfig)) == flatten(job)
     trained = from_yaml_text(text)
-    assert type(trained) is ExperimentConfig and flatten(trained) == flatten(load_config("imagenet64_multiscale"))
+    assert type(trained) is ExperimentConfig  # the job expects its GPUs: train.device auto became cuda
+    assert flatten(trained) == flatten(load_config("imagenet64_multiscale", ["train.device=cuda"]))
+
+
+@pytest.mark.parametrize("exp, overrides, trained, job", [
+    ("imagenet64_multiscale", [], "auto", "cuda"),                           # 8 GPUs a node
+    ("imagenet64_multiscale", ["slurm.gpus_per_node=0", "slurm.tasks_per_node=2"], "auto", "cpu"),  # CPU nodes
+    ("smoke", [], "cpu", "cpu"),
+    ("smoke", ["train.device=auto", "slurm.gpus_per_node=1", "slurm.tasks_per_node=0"], "auto", "cuda"),
+])
+def test_the_job_device_is_what_the_launch_layout_asks_for(exp, overrides, trained, job):
+    """A job with GPUs expects CUDA (and refuses to start without it: tests/test_distributed.py), whatever
+    `train.device: auto` would have found; under torchrun the experiment keeps its own setting."""
+    assert (load_config(exp, overrides).train.device, load_job_config(exp, overrides).train.device) == (trained, job)
+
+
+def test_fp16_on_cpu_only_nodes_is_refused_at_load():
+    with pytest.raises(ConfigError, match="'train.precision' fp16 needs a GPU"):
+        load_job_config("imagenet64_multiscale", ["slurm.gpus_per_node=0", "train.precision=fp16"])
 
 
 def test_training_drops_the_launcher_sections_unread_and_the_launcher_checks_them(tmp_path):
@@ -110,6 +128,16 @@ def test_a_preprocessing_experiment_is_refused_for_training():
     (["slurm.nodes=0"], "'slurm.nodes' must be at least 1, got 0"),
     (["slurm.gpus_per_node=2", "slurm.tasks_per_node=4"],
      "'slurm.tasks_per_node' (4) differs from 'slurm.gpus_per_node' (2): training runs one task per GPU"),
+    # smoke says train.device: cpu; asking it for GPUs is a contradiction, not a silent CPU run
+    (["slurm.gpus_per_node=1", "slurm.tasks_per_node=0"],
+     "'train.device' is cpu but 'slurm.gpus_per_node' is 1: the GPUs would sit idle"),
+    (["train.device=cuda"], "'train.device' is cuda but 'slurm.gpus_per_node' is 0: the job would get no GPU"),
+    (["slurm.cpus_per_task=0"], "'slurm.cpus_per_task' must be at least 1, got 0"),
+    (["slurm.timeout_min=0"], "'slurm.timeout_min' must be at least 1, got 0"),
+    (["slurm.mem_gb=-1"], "'slurm.mem_gb' must be 0 or more, got -1"),
+    (["slurm.gpus_per_node=-8"], "'slurm.gpus_per_node' must be 0 or more, got -8"),
+    (["slurm.timeout_min=1", "slurm.signal_delay_s=60"],
+     "'slurm.signal_delay_s' (60 s) is not shorter than the time limit 'slurm.timeout_min' (1 min)"),
 ])
 def test_a_job_layout_that_cannot_run_is_refused_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

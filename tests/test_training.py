@@ -99,6 +99,10 @@ def test_training_lowers_validation_bits_per_dim(zero2):
     history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_bits_per_dim"),
                                        key=lambda m: m.step)]
     assert len(history) == 2 and history[1] < history[0] < 8.0
+    # ... with bf16 gradients reduced and accumulated in fp32, as the saved DeepSpeed JSON says
+    ds = json.loads((base / "a" / "deepspeed.json").read_text())
+    assert ds["bf16"]["enabled"] and ds["communication_data_type"] == "fp32"
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["zero_optimization"]["stage"] == 2
 
 
 def test_codec_baselines_are_logged_to_the_same_run(zero3, smoke_data):

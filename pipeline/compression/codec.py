@@ -15,6 +15,7 @@ Exit status: 0 done, 2 refused (bad input, a corrupted or mismatched file; the m
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import sys
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 
 from pipeline.compression import prc
-from pipeline.compression.rangecoding import coder_info, decode_batch, encode_batch
+from pipeline.compression.rangecoding import coder_info, decode_batch, encode_batch, probabilities
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.progress import progress
 from pipeline.train.checkpoint import CheckpointError
@@ -56,8 +57,64 @@ def load_model(checkpoint: str, dtype: str = "float32") -> Tuple[torch.nn.Module
 
 def compute_info(dtype: str, threads: int) -> Dict[str, object]:
     """How the probabilities are computed: what both sides must share."""
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
     return {"dtype": dtype, "threads": threads, "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "blas": blas.group(1) if blas else "unknown"}
+
+
+# The probe: the model's probabilities on fixed images (2 of them, seeded noise), for the first
+# PROBE_SUBPIXELS sub-pixels of its walk (one row of a 32x32 image), computed exactly as the coder
+# computes them. Its checksum in the header lets decode refuse a machine whose kernels round otherwise
+# in a fraction of a second, before a chunk is decoded (the pixel checksum stays the last guard).
+PROBE_IMAGES, PROBE_SUBPIXELS, PROBE_SEED = 2, 96, 20160125
+
+
+class _ProbeDone(Exception):
+    """Ends the probe's walk after PROBE_SUBPIXELS sub-pixels."""
+
+
+@torch.no_grad()
+def probe_sha256(model: torch.nn.Module) -> str:
+    """`prc.digest` of the float64 probabilities the coder would get on the probe input, in walk order."""
+    g = torch.Generator().manual_seed(PROBE_SEED)
+    size = model.image_size
+    x = torch.randint(0, 256, (PROBE_IMAGES, 3, size, size), generator=g, dtype=torch.uint8)
+    targets, h, seen = model.walk_targets(x), hashlib.sha256(), [0]
+
+    def choose(stage: int, c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
+        h.update(probabilities(logits).tobytes())
+        seen[0] += 1
+        if seen[0] == PROBE_SUBPIXELS:
+            raise _ProbeDone
+        return targets[stage][:, c, i, j].long()
+
+    try:
+        model.walk(torch.zeros_like(x), 0, choose)
+    except _ProbeDone:
+        pass
+    return h.hexdigest()[:32]
+
+
+def check_probe(header: Dict, model: torch.nn.Module, name: str) -> None:
+    """Refuse, before decoding, a machine where the model's probabilities differ from the encoder's,
+    naming what the header recorded that differs here (torch, CPU kernels, BLAS; dtype and threads are
+    the file's own)."""
+    recorded = header["compute"]
+    here = probe_sha256(model)
+    if here == recorded["probe_sha256"]:
+        return
+    now = compute_info(recorded["dtype"], recorded["threads"])
+    names = {"torch": "torch", "cpu_capability": "CPU kernels", "blas": "BLAS", "dtype": "dtype",
+             "threads": "threads"}
+    diffs = [f"{label} {recorded.get(k)} there, {now[k]} here" for k, label in names.items() if recorded.get(k) != now[k]]
+    why = ("differs here: " + "; ".join(diffs)) if diffs else (
+        "nothing recorded differs (same torch, CPU kernels, BLAS, dtype and threads): this machine's kernels "
+        "round differently")
+    raise prc.PrcError(f"{name}: the model's probabilities differ from the encoder's (probe checksum {here[:12]}, "
+                       f"recorded {recorded['probe_sha256'][:12]}): refused before decoding, which would fail "
+                       f"mid-stream or give other pixels. Encoded with torch {recorded['torch']}, CPU kernels "
+                       f"{recorded['cpu_capability']}, BLAS {recorded['blas']}, {recorded['dtype']}, "
+                       f"{recorded['threads']} thread(s); {why}. Decode on a machine like the encoder's")
 
 
 def read_images(paths: Sequence[str], size: int, convert: bool = False) -> Tuple[torch.Tensor, List[str]]:
@@ -121,7 +178,8 @@ def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, nam
             payloads.append(payload)
             ideal += bits
     seconds = time.perf_counter() - t0
-    header = {"format": "pixelrnn-prc", "coder": coder_info(), "compute": compute_info(dtype, threads),
+    compute = dict(compute_info(dtype, threads), probe_sha256=probe_sha256(model))
+    header = {"format": "pixelrnn-prc", "coder": coder_info(), "compute": compute,
               "model": {"config": model.config, "weights_sha256": weights_sha, "checkpoint": checkpoint},
               "images": {"count": n_img, "size": size, "channels": 3, "names": names},
               "chunks": chunks}
@@ -143,8 +201,10 @@ def check_header(header: Dict, model_sha: str, name: str) -> None:
     if model_sha != want:
         raise prc.PrcError(f"{name} was encoded with weights sha256 {want[:16]}... "
                            f"({header['model']['checkpoint']}); the model given has {model_sha[:16]}...: refused")
+    if "probe_sha256" in header["compute"]:
+        return  # format 2: check_probe decides, once the model computes as the file says
     comp, now = header["compute"], compute_info(header["compute"]["dtype"], header["compute"]["threads"])
-    for key in ("torch", "cpu_capability"):
+    for key in ("torch", "cpu_capability"):  # format 1: no probe, only the pixel checksum after decoding
         if comp[key] != now[key]:
             print(f"warning: {name} was encoded with {key} {comp[key]}, this is {now[key]}: if the kernels round "
                   f"differently the pixel checksum will refuse the result", file=sys.stderr)
@@ -166,13 +226,21 @@ def decode_file(data: bytes, checkpoint: Optional[str] = None, name: str = "file
     model, sha = load_model(checkpoint, comp["dtype"])
     check_header(header, sha, name)
     torch.set_num_threads(int(comp["threads"]))
+    if prc.format_version(data) >= 2:
+        check_probe(header, model, name)
     out = []
     t0 = time.perf_counter()
     with _progress(header["images"]["count"], "decode", progress) as bar:
         for k, (chunk, payload) in enumerate(zip(header["chunks"], payloads)):
             n = int(chunk["images"])
             step = n / model.walk_rows()
-            x = decode_batch(model, np.frombuffer(payload, dtype="<u4"), n, on_row=lambda i: bar.update(step))
+            try:
+                x = decode_batch(model, np.frombuffer(payload, dtype="<u4"), n, on_row=lambda i: bar.update(step))
+            except Exception as e:  # noqa: BLE001 (constriction's errors have no common type: restated below)
+                raise prc.PrcError(f"{name}: chunk {k} could not be decoded: the range coder failed mid-stream "
+                                   f"({type(e).__name__}: {str(e).strip()[:200]}): the probabilities differed "
+                                   f"from the encoder's (torch {comp['torch']}, {comp['cpu_capability']}, "
+                                   f"{comp['dtype']}, {comp['threads']} thread(s)); nothing was written") from None
             if prc.pixels_sha256(x) != chunk["pixels_sha256"]:
                 raise prc.PrcError(f"{name}: chunk {k} decoded to other pixels than were encoded (pixel sha256 "
                                    f"mismatch): the probabilities differed from the encoder's (torch "

@@ -28,7 +28,12 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 MAGIC = b"PRC\x89"
-FORMAT_VERSION = 1
+# Version 2 added the probe: `compute.probe_sha256` (a checksum of the model's probabilities on a fixed
+# probe input, checked before any chunk is decoded) and `compute.blas`, both required. Version 1 files
+# (without them) are still decoded: without the early check, the pixel checksum still refuses a decode
+# whose probabilities differed.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<4sBI")  # magic, version, header length
 _CRC = struct.Struct("<I")
 
@@ -75,12 +80,17 @@ FIELDS = {"coder": ("name", "version", "model", "precision_bits"),
           "compute": ("dtype", "threads", "torch", "cpu_capability"),
           "model": ("config", "weights_sha256", "checkpoint"), "images": ("count", "size", "names")}
 CHUNK_FIELDS = ("images", "payload_bytes", "payload_sha256", "pixels_sha256")
+FIELDS_SINCE = {2: {"compute": ("blas", "probe_sha256")}}  # fields a version added, required from it on
 
 
-def _missing_fields(header: Any) -> List[str]:
+def _missing_fields(header: Any, version: int = FORMAT_VERSION) -> List[str]:
     if not isinstance(header, dict):
         return ["everything (it is not a JSON object)"]
-    missing = [f"{sec}.{key}" for sec, keys in FIELDS.items() for key in keys
+    fields = {sec: list(keys) for sec, keys in FIELDS.items()}
+    for since, added in FIELDS_SINCE.items():
+        for sec, keys in added.items():
+            fields[sec] += list(keys) if version >= since else []
+    missing = [f"{sec}.{key}" for sec, keys in fields.items() for key in keys
                if not isinstance(header.get(sec), dict) or key not in header[sec]]
     chunks = header.get("chunks")
     if not isinstance(chunks, list) or not chunks:
@@ -99,8 +109,9 @@ def unpack(data: bytes, name: str = "file") -> Tuple[Dict[str, Any], List[bytes]
     magic, version, n = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise PrcError(f"{name} is not a .prc file (starts with {magic!r}, expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
-        raise PrcError(f"{name} has format version {version}; this program reads version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise PrcError(f"{name} has format version {version}; this program reads versions "
+                       f"{', '.join(map(str, READABLE_VERSIONS))}")
     end = _PREFIX.size + n + _CRC.size
     if len(data) < end:
         raise PrcError(f"{name} is truncated: its header needs {end} bytes, the file has {len(data)}")
@@ -112,7 +123,7 @@ def unpack(data: bytes, name: str = "file") -> Tuple[Dict[str, Any], List[bytes]
         header = json.loads(zlib.decompress(body))
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PrcError(f"{name}: the header is not valid JSON ({e})") from None
-    missing = _missing_fields(header)
+    missing = _missing_fields(header, version)
     if missing:
         raise PrcError(f"{name}: the header lacks {', '.join(missing)} (not written by this program?)")
     sizes = [int(c["payload_bytes"]) for c in header["chunks"]]
@@ -129,3 +140,8 @@ def unpack(data: bytes, name: str = "file") -> Tuple[Dict[str, Any], List[bytes]
         payloads.append(payload)
         at += size
     return header, payloads, end
+
+
+def format_version(data: bytes) -> int:
+    """The format version of a .prc file that `unpack` accepted."""
+    return _PREFIX.unpack_from(data)[1]

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config.files import BASE_DIR, EXPERIMENTS_DIR, REPO_ROOT, ConfigError, config_layers, experiment_path
-from pipeline.config.schema import CHOICES, ExperimentConfig
+from pipeline.config.schema import CHOICES, RENAMED, ExperimentConfig
 from pipeline.models.configs import ARCHITECTURES
 
 __all__ = ["BASE_DIR", "EXPERIMENTS_DIR", "REPO_ROOT", "ConfigError", "ExperimentConfig", "compose", "load_config",
@@ -70,6 +70,8 @@ def _explain(err: OmegaConfBaseException, source: str, schema: ExperimentConfig)
     """Turn OmegaConf's message into one naming the full key and the nearest valid key."""
     full_key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0]
+    if full_key in RENAMED:
+        return ConfigError(f"{source}: '{full_key}' was renamed '{RENAMED[full_key]}'")
     if "not in" in msg or "Key '" in msg and "not" in msg:
         near = difflib.get_close_matches(full_key, _all_keys(schema), n=1, cutoff=0.75)
         hint = f"; did you mean '{near[0]}'?" if near else ""
@@ -150,8 +152,8 @@ def validate(cfg: ExperimentConfig, world_size: Optional[int] = None) -> None:
                 "train.eval_max_batches", "train.sample_every_eval"):
         if flat[key] < 0:
             raise ConfigError(f"'{key}' must be 0 or more, got {flat[key]}")
-    if t.dist_timeout_s < 1:
-        raise ConfigError(f"'train.dist_timeout_s' must be at least 1 second, got {t.dist_timeout_s}")
+    if t.collective_timeout_s < 1:
+        raise ConfigError(f"'train.collective_timeout_s' must be at least 1 second, got {t.collective_timeout_s}")
     if t.heartbeat_s < 0:
         raise ConfigError(f"'train.heartbeat_s' must be 0 (no heartbeats) or more, got {t.heartbeat_s}")
     if cfg.optim.lr <= 0:
@@ -216,5 +218,9 @@ def from_yaml_text(text: str, schema: Type[S] = ExperimentConfig) -> S:
     launcher's schema (with `slurm:`) reads as the training one, without those sections."""
     foreign = _foreign(schema)
     raw = {k: v for k, v in yaml.safe_load(text).items() if k not in foreign}
+    for old_key, new_key in RENAMED.items():  # a config saved before the rename
+        section, old_name = old_key.split(".")
+        if old_name in (raw.get(section) or {}):
+            raw[section][new_key.split(".")[1]] = raw[section].pop(old_name)
     name = (raw.get("model") or {}).get("name", ExperimentConfig().model.name)
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_defaults(schema, name)), raw))

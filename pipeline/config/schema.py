@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, List, Tuple
+from typing import ClassVar, Dict, List, Tuple
 
 from pipeline.models.configs import ModelConfig, RowLSTMConfig
 
@@ -60,10 +60,15 @@ class TrainConfig:
     eval_max_batches: int = 0       # 0: the whole validation split
     sample_every_eval: int = 16     # images in the sample grid logged at each evaluation (0: none)
     max_nonfinite_steps: int = 10   # consecutive non-finite losses before the run stops
-    dist_timeout_s: int = 600       # collective timeout: a lost rank fails the job after this long
+    collective_timeout_s: int = 300  # process-group timeout (gloo and NCCL): a silent or stuck rank fails
+                                    # the job after this long (+ ~60 s to end it; README: failures)
     heartbeat_s: float = 2.0        # each rank's <run_dir>/ranks/ file is refreshed this often: names lost
                                     # ranks and nodes (pipeline/train/heartbeat.py); 0: none
-    device: str = "auto"            # auto | cpu | cuda
+    device: str = "auto"            # auto | cpu | cuda (a SLURM job: cuda when it asks for GPUs, else cpu)
+    tf32: bool = False              # GPU fp32 matmuls and cuDNN convolutions in TF32 (faster, 10-bit mantissa)
+                                    # instead of full fp32 (pipeline/train/numerics.py)
+    deterministic: bool = False     # deterministic kernels only (torch.use_deterministic_algorithms, cuDNN):
+                                    # reproducible GPU runs, slower; CPU runs are bit-exact either way
     compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
                                     # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
 
@@ -106,6 +111,10 @@ class ExperimentConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
 
+
+# Keys that were renamed: an experiment or override using the old name is refused naming the new one, and a
+# config.yaml saved by an earlier run reads back under the new name.
+RENAMED: Dict[str, str] = {"train.dist_timeout_s": "train.collective_timeout_s"}
 
 CHOICES = {
     "optim.name": ("rmsprop", "adam"),

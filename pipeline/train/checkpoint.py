@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from pipeline.fsutil import atomic_write_text
-from pipeline.train.distributed import is_collective_failure
+from pipeline.train.distributed import is_collective_failure, rank0_only
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step(\d{8})$")
@@ -90,14 +90,17 @@ def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], meta: 
             raise
         raise _write_error(ckpt_dir, tag, rank, e) from e
     dist.barrier()  # every rank's files are on disk before the checkpoint is declared complete
-    if rank == 0:
+
+    def declare_complete() -> None:
         try:
             atomic_write_text(ckpt_dir / tag / "meta.json", json.dumps(dict(meta, step=step, tag=tag), indent=2))
             atomic_write_text(ckpt_dir / "latest", tag)
         except OSError as e:
             raise _write_error(ckpt_dir, tag, rank, e) from e
         _prune(ckpt_dir, keep_last, tag)
-    dist.barrier()
+
+    # Rank 0 alone; a failure there (a full disk) fails every rank at once instead of leaving them waiting.
+    rank0_only(rank, "declaring the checkpoint complete", declare_complete)
     return tag
 
 
@@ -156,27 +159,32 @@ def load(engine, ckpt_dir: Path, tag: str, rank: int) -> Dict[str, Any]:
 
 
 def universal_tag(ckpt_dir: Path, tag: str, rank: int) -> str:
-    """Convert `tag` to DeepSpeed's universal format (rank 0, once; all ranks wait). Returns its tag."""
-    import torch.distributed as dist  # not at the top: see save()
+    """Convert `tag` to DeepSpeed's universal format (rank 0, once; all ranks wait). Returns its tag. A
+    failed conversion fails every rank at once, naming rank 0 and the error (distributed.rank0_only)."""
     ckpt_dir = Path(ckpt_dir)
     out = ckpt_dir / f"{tag}{UNIVERSAL}"
-    if rank == 0 and not out.exists():
-        tmp = ckpt_dir / f"{tag}{UNIVERSAL}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        log.info("world size changed: converting %s to a universal checkpoint", ckpt_dir / tag)
-        proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                               "--input_folder", str(ckpt_dir / tag), "--output_folder", str(tmp),
-                               "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise CheckpointError(f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n"
-                                  f"{proc.stderr[-2000:]}")
-        shutil.copy(ckpt_dir / tag / "meta.json", tmp / "meta.json")
-        tmp.rename(out)
-        # ds_to_universal also drops a `latest_universal` file naming its (temporary) output: not ours.
-        (ckpt_dir / "latest_universal").unlink(missing_ok=True)
-    dist.barrier()
+    # Every rank takes part in rank0_only whatever it sees on disk (a late rank may already see `out`).
+    rank0_only(rank, "the universal conversion", lambda: out.exists() or _convert_to_universal(ckpt_dir, tag, out))
     return out.name
+
+
+def _convert_to_universal(ckpt_dir: Path, tag: str, out: Path) -> None:
+    """Rank 0: ds_to_universal into a temporary folder, renamed to `out` when complete."""
+    tmp = ckpt_dir / f"{tag}{UNIVERSAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("world size changed: converting %s to a universal checkpoint", ckpt_dir / tag)
+    proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                           "--input_folder", str(ckpt_dir / tag), "--output_folder", str(tmp),
+                           "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        log.error("ds_to_universal failed on %s:\n%s", ckpt_dir / tag, proc.stderr[-2000:])
+        raise CheckpointError(f"converting {ckpt_dir / tag} to a universal checkpoint failed: {last[:300]}")
+    shutil.copy(ckpt_dir / tag / "meta.json", tmp / "meta.json")
+    tmp.rename(out)
+    # ds_to_universal also drops a `latest_universal` file naming its (temporary) output: not ours.
+    (ckpt_dir / "latest_universal").unlink(missing_ok=True)
 
 
 def check_compatible(meta: Dict[str, Any], model_config: Dict[str, Any], ckpt: Path) -> None:

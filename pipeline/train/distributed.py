@@ -11,9 +11,9 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
-from pipeline.train.heartbeat import Heartbeat, describe, find_lost
+from pipeline.train.heartbeat import Heartbeat, describe, find_lost, node_name
 
 # A SLURM job's rendezvous port: MASTER_PORT_BASE + job id % MASTER_PORT_SPAN, below Linux's ephemeral
 # range (32768+) so that no outgoing connection can hold it; slurm/executors.py exports the same.
@@ -50,15 +50,69 @@ def dist_env() -> DistEnv:
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 29500)))
 
 
-def resolve_device(requested: str) -> str:
-    """'auto' -> cuda when a GPU is visible, else cpu. Sets DS_ACCELERATOR before deepspeed is imported."""
+@dataclass(frozen=True)
+class CudaFacts:
+    """What a task can see of CUDA, gathered by `cuda_facts` (injected in tests: no GPU is needed)."""
+    torch_version: str
+    cuda_build: Optional[str]       # torch.version.cuda: None for a CPU-only build of torch
+    visible_devices: Optional[str]  # $CUDA_VISIBLE_DEVICES as set (None: not set, every GPU is visible)
+    device_count: int               # torch.cuda.device_count()
+
+
+def cuda_facts() -> CudaFacts:
+    """This process's CUDA facts. Does not initialise CUDA (device_count only asks the driver)."""
     import torch  # torch in the functions only: dist_env() and master_port serve the torch-free launcher
+    return CudaFacts(torch.__version__, torch.version.cuda, os.environ.get("CUDA_VISIBLE_DEVICES"),
+                     torch.cuda.device_count())
+
+
+def cuda_shortfall(facts: CudaFacts, local_ranks: int) -> Optional[str]:
+    """Why `local_ranks` ranks on this node cannot each have a GPU, naming what was seen; None if they can.
+
+    Every task either sees all of its node's GPUs (one per local rank) or exactly one (clusters that bind a
+    GPU to each task): fewer than the local ranks, but more than one, would give NCCL's "Duplicate GPU"
+    only when the first collective runs."""
+    if facts.cuda_build is None:
+        return f"this torch is a CPU-only build (torch {facts.torch_version}, torch.version.cuda is None)"
+    if facts.visible_devices is not None and not facts.visible_devices.strip():
+        return "CUDA_VISIBLE_DEVICES is set but empty (a --gres/--gpus mistake hides every GPU)"
+    if facts.device_count < 1:
+        return (f"torch {facts.torch_version} (CUDA {facts.cuda_build}) sees no GPU "
+                f"(CUDA_VISIBLE_DEVICES={facts.visible_devices!r}; no driver, or none allocated)")
+    if 1 < facts.device_count < local_ranks:
+        return (f"{facts.device_count} GPUs are visible for {local_ranks} ranks on this node "
+                f"(CUDA_VISIBLE_DEVICES={facts.visible_devices!r}): one GPU per rank is needed")
+    return None
+
+
+def local_ranks_from_env() -> int:
+    """Ranks on this node: LOCAL_WORLD_SIZE (torchrun, and submitit's export), else SLURM's tasks on this node."""
+    env = os.environ
+    if "LOCAL_WORLD_SIZE" in env:
+        return int(env["LOCAL_WORLD_SIZE"])
+    if "SLURM_NTASKS_PER_NODE" in env:
+        return int(env["SLURM_NTASKS_PER_NODE"])
+    return 1
+
+
+def resolve_device(requested: str, local_ranks: int = 1, facts: Optional[CudaFacts] = None) -> str:
+    """The device of this process, and DS_ACCELERATOR set to match before deepspeed is imported.
+
+    'auto' -> cuda when a GPU is visible, else cpu (tools, torchrun). 'cuda' is an expectation: a SLURM job
+    with `slurm.gpus_per_node > 0` gets it from the launcher (slurm/config.py job_device), and it refuses
+    to start without CUDA, naming what it saw (`cuda_shortfall`), rather than train on the CPU."""
+    facts = facts or cuda_facts()
     device = requested
     if requested == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if facts.cuda_build is not None and facts.device_count > 0 else "cpu"
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    elif os.environ.get("DS_ACCELERATOR", "cuda") != "cuda":
+        return device
+    problem = cuda_shortfall(facts, local_ranks)
+    if problem:
+        raise RuntimeError(f"train.device is cuda (the job asked for GPUs) but {problem}; refusing to train "
+                           "on the CPU")
+    if os.environ.get("DS_ACCELERATOR", "cuda") != "cuda":
         # e.g. inherited from a CPU run in the shell that submitted the job: DeepSpeed would put its
         # buffers on the CPU while the model is on the GPU.
         raise RuntimeError(f"train.device is {device} but DS_ACCELERATOR={os.environ['DS_ACCELERATOR']} is set "
@@ -121,12 +175,57 @@ def agree(loss, stop_asked: bool) -> Tuple[bool, float, bool]:
     return bad > 0, total, stop > 0
 
 
+class PeerFailedError(RuntimeError):
+    """Rank 0 failed in a section only it runs (`rank0_only`); raised on every other rank at the same time."""
+
+
+# rank0_only's verdict: one flag byte, then rank 0's message (UTF-8, cut to fit), in one fixed-size broadcast.
+_VERDICT_BYTES = 1024
+
+
+def rank0_only(rank: int, what: str, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 alone and let every rank leave together: its result on rank 0, None elsewhere.
+
+    Without this, an exception on rank 0 (e.g. a failed universal conversion, pipeline/train/checkpoint.py)
+    leaves the other ranks in the next collective until train.collective_timeout_s. Rank 0 broadcasts
+    whether `fn` succeeded, with its error, and on failure every rank raises at once: rank 0 its own error,
+    the others a PeerFailedError naming rank 0, its node and the error (their heartbeats say it too). The
+    broadcast waits for `fn` under the collective timeout, so `fn` must finish within it."""
+    import torch  # in the functions only: see resolve_device
+    import torch.distributed as dist  # as torch
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    error: Optional[BaseException] = None
+    result = None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 (reported to every rank, then re-raised below)
+            error = e
+    if world_size > 1:
+        verdict = torch.zeros(_VERDICT_BYTES, dtype=torch.uint8)
+        if error is not None:
+            text = (f"rank 0 on node {node_name()} failed in {what}: {type(error).__name__}: "
+                    f"{str(error).strip()}").encode()[:_VERDICT_BYTES - 1]
+            verdict[0] = 1
+            verdict[1:1 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        verdict = verdict.to(device)
+        dist.broadcast(verdict, src=0)
+        verdict = verdict.cpu()
+        if rank != 0 and verdict[0]:
+            message = bytes(verdict[1:].tolist()).rstrip(b"\0").decode(errors="replace")
+            raise PeerFailedError(f"rank {rank} of {world_size}: {message}")
+    if error is not None:
+        raise error
+    return result
+
+
 class LostRankError(RuntimeError):
     """A collective operation failed because another rank died or stopped answering."""
 
 
 # What gloo / NCCL / the c10d store say when a peer is gone or silent (connection reset, closed pipe, the
-# collective timeout `train.dist_timeout_s`).
+# collective timeout `train.collective_timeout_s`).
 _COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed? ?out|"
                                  r"socket timeout|DistBackendError|DistNetworkError", re.I)
 
@@ -163,5 +262,5 @@ def lost_rank_error(err: BaseException, env: DistEnv, timeout_s: int,
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return LostRankError(f"rank {env.rank} of {env.world_size}: a collective operation failed: {lost} "
                          f"(a peer that dies breaks the connection at once; a silent one fails it after "
-                         f"train.dist_timeout_s={timeout_s} s): {type(err).__name__}: {first[:500]}; resume "
+                         f"train.collective_timeout_s={timeout_s} s): {type(err).__name__}: {first[:500]}; resume "
                          f"from the last checkpoint by starting the job again")

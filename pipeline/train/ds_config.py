@@ -31,6 +31,20 @@ def deepspeed_config(cfg: ExperimentConfig, world_size: int, load_universal: boo
         "wall_clock_breakdown": False,
         "checkpoint": {"load_universal": load_universal},
     }
+    if t.precision == "bf16":
+        ds.update(bf16_gradients(t.zero_stage))
     if t.zero_stage == 3:
         ds["zero_optimization"]["stage3_param_persistence_threshold"] = t.zero3_persistence_threshold
     return ds
+
+
+def bf16_gradients(zero_stage: int) -> Dict[str, Any]:
+    """bf16 runs reduce gradients across ranks in fp32 and, at ZeRO 1-3, accumulate them over micro-batches
+    in fp32. DeepSpeed's defaults do both in bf16 (8-bit mantissa): a sum over 64 ranks, or over many
+    micro-batches, loses the small contributions. At ZeRO-1 DeepSpeed then uses its BF16 optimizer (fp32
+    gradient buffers), at ZeRO-2/3 an fp32 gradient partition; at ZeRO-0 DeepSpeed 0.19 refuses fp32
+    accumulation with bf16 parameters ("unsupported mix"), so there only the reduction is fp32."""
+    out: Dict[str, Any] = {"communication_data_type": "fp32"}
+    if zero_stage >= 1:
+        out["data_types"] = {"grad_accum_dtype": "fp32"}
+    return out

@@ -33,11 +33,13 @@ from pipeline.tracking.baselines import codec_baselines
 from pipeline.tracking.figures import save_grid
 from pipeline.tracking.tracker import Tracker, git_commit
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.distributed import agree, dist_env, init_distributed, lost_rank_error, resolve_device
+from pipeline.train.distributed import (agree, dist_env, init_distributed, local_ranks_from_env, lost_rank_error,
+                                        resolve_device)
 from pipeline.train.ds_config import deepspeed_config, gradient_accumulation
 from pipeline.train.engine import initialize, loss_scale, model_config
 from pipeline.train.evaluate import evaluate_bits_per_dim
 from pipeline.train.heartbeat import Heartbeat
+from pipeline.train.numerics import set_numerics
 
 log = logging.getLogger("pipeline.train")
 
@@ -141,9 +143,11 @@ class Trainer:
         # One progress log per job: rank 0 says INFO, the others only warnings and errors.
         logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                             format="%(asctime)s %(name)s %(message)s", force=True)
-        self.device = resolve_device(cfg.train.device)
+        # train.device=cuda (a job that asked for GPUs) refuses to start without CUDA, naming what it saw.
+        self.device = resolve_device(cfg.train.device, local_ranks_from_env())
+        log.info("numerics: %s", set_numerics(cfg.train.tf32, cfg.train.deterministic))
         validate(cfg, world_size=env.world_size)
-        init_distributed(env, self.device, cfg.train.dist_timeout_s)
+        init_distributed(env, self.device, cfg.train.collective_timeout_s)
         self.stop = self.stop or StopFlag().install()
         size = cfg.model.image_size
         self.train_set = load_shard_set(cfg.data.root, size, cfg.data.train_split)
@@ -323,7 +327,7 @@ class Trainer:
             self.heartbeat.end("stopped")
             raise
         except BaseException as e:
-            lost = lost_rank_error(e, self.env, self.cfg.train.dist_timeout_s, self.heartbeat)
+            lost = lost_rank_error(e, self.env, self.cfg.train.collective_timeout_s, self.heartbeat)
             if self.tracker is not None:
                 why = "non-finite loss" if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
                 self.tracker.finish({"error": why, "step": self.state.step}, status="FAILED")
@@ -366,6 +370,6 @@ class Trainer:
 
 def train(cfg: ExperimentConfig, stop: Optional[StopFlag] = None) -> Dict[str, Any]:
     """Run (or resume) the experiment on this rank. Returns the final summary (the same on every rank).
-    A rank lost mid-run fails the others within train.dist_timeout_s (plus a few heartbeats) with a
+    A rank lost mid-run fails the others within train.collective_timeout_s (plus a few heartbeats) with a
     LostRankError naming the lost rank(s) and node(s)."""
     return Trainer(cfg, stop).fit()

@@ -65,7 +65,7 @@ def test_global_batch_not_divisible_by_the_jobs_ranks_is_refused_at_submission()
 @pytest.mark.parametrize("overrides", [
     ["train.zero_stage=3", "train.zero3_persistence_threshold=-1"],
     ["data.num_workers=-1"],
-    ["train.dist_timeout_s=0"],
+    ["train.collective_timeout_s=0"],
     ["model.name=pixel_rnn"],
 ])
 def test_out_of_range_settings_are_refused(overrides):

@@ -55,7 +55,7 @@ def test_kill_landed_while_a_checkpoint_was_being_written(kill_chain):
 @pytest.mark.parametrize("mode", ["manual", "torchrun"])
 def test_one_rank_killed_fails_the_other_in_bounded_time_naming_it(kill_chain, mode):
     """Rank 1 SIGKILLed. Without a launcher agent (srun-style) the survivor's collective fails (gloo sees
-    the connection reset; a silent peer would hit train.dist_timeout_s) and train() re-raises it as a
+    the connection reset; a silent peer would hit train.collective_timeout_s) and train() re-raises it as a
     LostRankError naming rank 1; under torchrun the agent also reports 'rank : 1 ... SIGKILL'."""
     r = next(r for r in kill_chain["rounds"] if r["fault"] == f"sigkill-rank1-{mode}")
     assert r["elapsed_s"] < DIST_TIMEOUT_S + 30, r["elapsed_s"]

@@ -24,7 +24,7 @@ DIST_TIMEOUT_S = 90  # also bounds the start-up rendezvous: slow imports on a bu
 CHAIN_STEPS = 32
 CHAIN = [f"train.max_steps={CHAIN_STEPS}", "checkpoint.every=2", "checkpoint.keep_last=2", "train.eval_every=100",
          "train.sample_every_eval=0", "train.log_every=4", "train.precision=fp32", "train.zero_stage=2",
-         "optim.name=rmsprop", f"train.dist_timeout_s={DIST_TIMEOUT_S}"]
+         "optim.name=rmsprop", f"train.collective_timeout_s={DIST_TIMEOUT_S}"]
 LAUNCH_TIMEOUT = 240
 
 
