@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from helpers import job_id, sacct_job, start, submit_cmd, wait
+from helpers import job_id, one_mlflow_run, sacct_job, start, submit_cmd, wait
 
 COLLECTIVE_TIMEOUT_S = 120  # a job that waited for it would take > 2 min; the bound is this + 60 s
 
@@ -52,5 +52,6 @@ def test_rank0_failing_the_universal_conversion_ends_the_job_at_once(tmp_path, s
     assert nodes[1]["error"].startswith(f"PeerFailedError: rank 1 of 2: rank 0 on node {node0} failed"), nodes[1]
     assert f"job {job} failed (FAILED)" in out
     assert not (run / "checkpoints" / "step00000005_universal").exists()
+    assert one_mlflow_run(db).info.status == "FAILED"  # the run opened before the resume failed
     print(f"rank 0's conversion failure: the job ended {took:.1f} s after submission "
           f"(collective timeout {COLLECTIVE_TIMEOUT_S} s)")

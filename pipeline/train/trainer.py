@@ -158,6 +158,9 @@ class Trainer:
         val_plan = EvalPlan(tuple(n for _, n in self.val_set.shards), env.world_size, cfg.train.micro_batch_size,
                             cfg.train.eval_max_batches)
         log.info("%s", plan_line(self.stream.plan, val_plan, gradient_accumulation(cfg, env.world_size)))
+        # The MLflow run (rank 0; continued across resumes) opens before resume(): a failure while resuming
+        # (say, rank 0's universal conversion) is then recorded as FAILED, not left unrecorded.
+        self.tracker = Tracker(cfg, env.is_main, self.run)
         if env.world_size > 1 and cfg.train.heartbeat_s > 0:  # one rank has no peer to lose
             self.heartbeat.start()
             log.info("rank %d of %d on node %s (pid %d); rendezvous %s:%d", env.rank, env.world_size,
@@ -193,10 +196,9 @@ class Trainer:
                         "train further raise train.max_steps", cfg.name, self.state.step, cfg.train.max_steps)
 
     def start_tracking(self) -> None:
-        """The MLflow run (rank 0; continued across resumes), the effective configs beside the checkpoints,
-        and the per-step records cut back to the checkpoint's step (a resume recomputes the steps after it)."""
+        """The MLflow run's tags and params, the effective configs beside the checkpoints, and the per-step
+        records cut back to the checkpoint's step (a resume recomputes the steps after it)."""
         cfg, env = self.cfg, self.env
-        self.tracker = Tracker(cfg, env.is_main, self.run)
         if not env.is_main:
             return
         atomic_write_text(self.run.config, to_yaml(cfg))
