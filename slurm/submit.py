@@ -251,15 +251,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             preprocess_job.check_inputs(cfg)
             return preprocess_job.submit(cfg, use_slurm, folder, args.follow)
         absolutize(cfg)
-        if not use_slurm:  # every task would run here: this machine must have the GPUs the job asks for
-            check_local_resources(cfg)
         folder = RunDir(cfg.output_dir).submitit / time.strftime("%Y%m%d-%H%M%S")
         if args.dry_run:
             warn_missing(check_data_paths, cfg)
+            if not use_slurm:
+                warn_missing(check_local_resources, cfg)
             print(dry_run_training(cfg, use_slurm, folder))
             print_data_plan(cfg, dry_run=True)
             return 0
         check_data_paths(cfg)
+        if not use_slurm:  # every task would run here: this machine must have the GPUs the job asks for
+            check_local_resources(cfg)
         done = already_complete(cfg)
         if done:
             print(done)
