@@ -47,10 +47,14 @@ def flops_row_lstm(n: int, layers: int, h: int, out_maps: int = 1024, k: int = 3
 
 
 def flops_diagonal_bilstm(n: int, layers: int, h: int, out_maps: int = 1024) -> int:
-    """Per direction: input-to-state 1x1 2h->4h, state-to-state 2x1 h->4h (valid cells only,
-    as implemented); residual 1x1 h->2h."""
-    per_pixel = 2 * (2 * h * 4 * h) + 2 * (2 * h * 4 * h) + h * 2 * h + skip(h)
-    return flops_common(n, h, out_maps) + layers * 2 * n * n * per_pixel
+    """Per direction: input-to-state 1x1 2h->4h and, over the (2n - 1) x n cells of the fixed-height scan
+    (pipeline/models/scan.py; the reference path computes the n x n valid ones only), state-to-state 2x1
+    h->4h; residual 1x1 h->2h; skip connection. Plus the learned initial state's constant gate terms
+    (per batch, not per image: under 0.5 % of a layer at 32x32)."""
+    per_pixel = 2 * (2 * h * 4 * h) + h * 2 * h + skip(h)
+    scan = 2 * (2 * n - 1 + (n == 1)) * n * (2 * h * 4 * h)
+    initial = 2 * 2 * h * 4 * h + n * n * 2 * 2 * 4 * h
+    return flops_common(n, h, out_maps) + layers * 2 * (n * n * per_pixel + scan + initial)
 
 
 FLOPS: Dict[str, Callable[..., int]] = {
