@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda
     compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
                                     # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
+                                    # | layer: compile each recurrent layer whole (fullgraph, issue 21)
 
 
 @dataclass
@@ -113,7 +114,7 @@ CHOICES = {
     "train.precision": ("bf16", "fp16", "fp32"),
     "train.zero_stage": (0, 1, 2, 3),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.compile": ("none", "cell"),
+    "train.compile": ("none", "cell", "layer"),
     "data.on_corrupt": ("error", "skip"),
     "data.prepare": ("none", "synthetic", "photos"),
     "kind": ("train", "preprocess"),  # preprocess: a launcher-only experiment (slurm/config.py), never trained
