@@ -271,6 +271,11 @@ def main() -> int:
         rep.section("layer_compile_diagonal_bilstm_32", lambda: S.layer_compile_effect(
             S.config("imagenet32_diagonal_bilstm", [], "bf16", 16, device, smoke), device, args.steps),
             need_s=40, limit_s=150)
+    # 5. issue 21: reference path, eager scan, whole-layer compile, CUDA graphs at micro-batches 4 and 32
+    for batch in (4, 32):
+        rep.section(f"scan_modes_diagonal_bilstm_32_mb{batch}", lambda batch=batch: S.scan_modes(
+            S.config("imagenet32_diagonal_bilstm", [], "bf16", 2 if smoke else batch, device, smoke), device,
+            args.steps, smoke), need_s=40, limit_s=150)
     rep.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     rep.save()
     errors = errors_in(rep.data)

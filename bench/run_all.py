@@ -34,6 +34,8 @@ BENCHES = [
     ("preprocess", "bench_preprocess.py", [], ["--images", "60", "--repeats", "2"], 240),
     ("input", "bench_input.py", [], ["--quick"], 240),
     ("model_step", "bench_model_step.py", [], ["--quick"], 420),
+    ("scan_vs_reference", "bench_model_step.py", ["--vs-reference"], ["--vs-reference", "--quick"], 600),
+    ("ops", "bench_ops.py", [], ["--quick"], 300),
     ("engine", "bench_engine.py", [], ["--quick"], 300),
     ("sampling", "bench_sampling.py", [], ["--quick"], 420),
     ("scaling", "bench_scaling.py", [], ["--quick"], 600),

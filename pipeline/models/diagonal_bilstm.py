@@ -7,8 +7,8 @@ The right-to-left direction runs on the mirrored map; its output is shifted down
 before it is added, so no pixel sees the future. Receptive field: the whole upper context.
 Both directions advance in one scan (`scan.LSTMScan`) over the skewed map column by column at a fixed
 height n: every step has the same shapes, the cells outside the image are frozen, and a step is one
-batched matmul (both directions, left and upper neighbour) and the cell. `impl = "reference"` selects
-the code before issue 21 (`reference.py`), kept as the tests' oracle.
+batched matmul (both directions, left and upper neighbour) and the cell. `impl` picks it or the code
+before issue 21 (`reference.py`, the tests' oracle): by default the scan on CUDA, the reference on CPU.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .base import PixelRNNBase, gate_groups, lstm_cell
 from .configs import DiagonalBiLSTMConfig
 from .masks import MaskedLinear
-from .reference import diagonal_bilstm_forward
+from .reference import diagonal_bilstm_forward, runs_reference
 from .scan import freeze_gates, lstm_scan
 
 
@@ -79,10 +79,10 @@ class DiagonalBiLSTMLayer(nn.Module):
         self.state_to_output = MaskedLinear(h, 2 * h, "B")
         self.cond_proj = nn.Linear(cond_maps, 8 * h) if cond_maps else None
         self.cell = lstm_cell  # train.compile=cell swaps in a fused one (base.compile_cells)
-        self.impl = "scan"  # or "reference" (reference.use_reference)
+        self.impl = "auto"  # scan on CUDA and under compile, reference on CPU; or "scan" | "reference"
 
     def forward(self, v: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.impl == "reference":
+        if runs_reference(self.impl, v):
             return diagonal_bilstm_forward(self, v, cond)
         b, _, n, _ = v.shape
         h = self.hidden

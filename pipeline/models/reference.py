@@ -1,10 +1,11 @@
 """The recurrent layers' whole-image forward as it was before issue 21: the reference path and oracle.
 
-The default forward of each recurrent layer is the fixed-height scan of `scan.py`; this module keeps
+The new forward of each recurrent layer is the fixed-height scan of `scan.py`; this module keeps
 the earlier code (one diagonal or one row per step, built from autograd ops) so that the tests can
 check the scan against it (equal to 1e-6 in float32 and 1e-12 in float64, gradients too) and the
 benchmarks can time both in one run. `use_reference(model)` switches every recurrent layer of a
-model to it (`layer.impl = "reference"`); the incremental pass (`init_cache`/`step`/`end_row`) is the
+model to it (`layer.impl = "reference"`; "scan" forces the scan, "auto" picks by device, see
+`runs_reference`); the incremental pass (`init_cache`/`step`/`end_row`) is the
 same for both paths.
 """
 from __future__ import annotations
@@ -18,7 +19,20 @@ import torch.nn.functional as F
 
 from .skew import skew, unskew
 
-IMPLS = ("scan", "reference")
+IMPLS = ("auto", "scan", "reference")
+
+
+def runs_reference(impl: str, v: torch.Tensor) -> bool:
+    """Whether a layer set to `impl` runs the reference path on input v.
+
+    "auto" (the default) runs the scan where operator launches set the pace (CUDA, or under torch.compile,
+    which needs the scan's static shapes) and the reference on CPU eager, where the scan is slower at
+    training sizes (docs/performance.md, issue 21: the fixed-height scan computes the Diagonal BiLSTM's
+    (2n - 1) x n cells instead of n x n, and its layouts cost large transposing copies on CPU).
+    """
+    if impl == "auto":
+        return not (v.is_cuda or torch.compiler.is_compiling())
+    return impl == "reference"
 
 
 def use_reference(model: nn.Module, impl: str = "reference") -> int:

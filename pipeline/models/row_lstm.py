@@ -5,7 +5,8 @@ masked 1 x k convolution (k = 3 columns along the row, mask B); the state-to-sta
 k-wide 1-D convolution of the previous row's hidden state only, so it never reads the
 current or the next row. Its receptive field is a triangle above the pixel.
 All rows are one scan (`scan.LSTMScan`): a row is one matmul of the row above's im2col buffer with the
-k-wide kernel and the cell. `impl = "reference"` selects the code before issue 21 (`reference.py`).
+k-wide kernel and the cell. `impl` picks it or the code before issue 21
+(`reference.py`): by default the scan on CUDA and under torch.compile, the reference on CPU.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from .base import LayerCacheMixin, PixelRNNBase, gate_groups, lstm_cell
 from .configs import RowLSTMConfig
 from .masks import MaskedConv2d
-from .reference import row_lstm_forward
+from .reference import row_lstm_forward, runs_reference
 from .scan import lstm_scan
 
 
@@ -41,10 +42,10 @@ class RowLSTMLayer(LayerCacheMixin, nn.Module):
         self.state_to_output = MaskedConv2d(h, 2 * h, 1, "B")  # residual connection h -> 2h
         self.cond_proj = nn.Conv2d(cond_maps, 4 * h, 1) if cond_maps else None
         self.cell = lstm_cell  # train.compile=cell swaps in a fused one (base.compile_cells)
-        self.impl = "scan"  # or "reference" (reference.use_reference)
+        self.impl = "auto"  # scan on CUDA and under compile, reference on CPU; or "scan" | "reference"
 
     def forward(self, v: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.impl == "reference":
+        if runs_reference(self.impl, v):
             return row_lstm_forward(self, v, cond)
         b, _, n, w = v.shape
         h, k = self.hidden, self.kernel

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import changed_matrix, tiny
 
 from pipeline.models import build_model, compile_layers
 from pipeline.models.diagonal_bilstm import DiagonalBiLSTMLayer
@@ -74,6 +75,37 @@ def test_model_scan_equals_reference_float32(name):
         torch.testing.assert_close(logits, m(x), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["row_lstm", "diagonal_bilstm"])
+def test_scan_path_causal_and_its_sampler_logprob_exact(name, image):
+    """The scan path (forced; CPU's default is the reference) keeps causality bit for bit, sees the
+    whole past (the Diagonal BiLSTM), and the incremental pass's log-probabilities equal its forward's."""
+    m = tiny(name)
+    assert use_reference(m, "scan") == 2
+    changed = changed_matrix(m, image)
+    assert not changed.tril().any(), "a logit depends on its own or a later sub-pixel"
+    if name == "diagonal_bilstm":  # the last sub-pixel sees every earlier one
+        assert changed[:-1, -1].all()
+    x, lp = m.sample(2, generator=torch.Generator().manual_seed(7), return_logprob=True)
+    torch.testing.assert_close(m.bits_per_dim(x), lp, rtol=0, atol=1e-10)
+
+
+def test_auto_runs_the_reference_on_cpu_eager():
+    layer = _layer(RowLSTMLayer, {})
+    assert layer.impl == "auto"
+    v = torch.randn(1, 8, 3, 3, dtype=torch.float64)
+    calls = []
+    real = LSTMScan.apply
+    try:
+        LSTMScan.apply = lambda *a: calls.append(1) or real(*a)
+        layer(v)
+        assert calls == []
+        use_reference(layer, "scan")
+        layer(v)
+        assert calls == [1]
+    finally:
+        LSTMScan.apply = real
+
+
 def test_use_reference_refuses_an_unknown_implementation():
     with pytest.raises(ValueError, match="unknown recurrent-layer implementation 'fast'"):
         use_reference(build_model("row_lstm", image_size=4, layers=1, hidden=4, out_maps=8), "fast")
@@ -130,3 +162,22 @@ def test_whole_layer_compiles_as_one_graph_and_matches_eager(cls, kw, n):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+
+
+def test_bench_flop_count_of_the_scan_matches_torch_counter():
+    """bench/bench_model_step.py's FLOPs of the Diagonal BiLSTM's scan (frozen cells included) equal
+    torch's FlopCounterMode on the scan path."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.flop_counter import FlopCounterMode
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_model_step.py"
+    spec = importlib.util.spec_from_file_location("bench_model_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for n in (1, 6):
+        m = build_model("diagonal_bilstm", image_size=n, layers=2, hidden=8, out_maps=32)
+        use_reference(m, "scan")
+        with FlopCounterMode(display=False) as counter:
+            m(torch.randint(0, 256, (1, 3, n, n)))
+        assert counter.get_total_flops() == bench.flops_diagonal_bilstm(n, 2, 8, out_maps=32, scan=True)
