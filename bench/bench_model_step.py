@@ -85,8 +85,7 @@ def vs_reference(n: int, layers: int, h: int, bsz: int, steps: int) -> None:
     """Issue 21: a training step (forward + backward + Adam) of the default scan path against the
     reference path (the code before issue 21), same weights, interleaved step by step (scan, reference,
     reference, scan, ...), median of `steps` steps each; achieved FLOP/s against this run's GEMM rate."""
-    peak = matmul_flops()
-    print(f"machine: dense 1024^3 matmul {peak / 1e9:.1f} GFLOP/s (load average {_load():.1f})")
+    print(f"load average {_load():.1f}; GEMM rate: dense 1024^3 matmul, timed in every round between the steps")
     x = torch.randint(0, 256, (bsz, 3, n, n), dtype=torch.uint8)
     print(f"{'model':16s} {'path':9s} {'s/step':>8s} {'GFLOP/s':>8s} {'of matmul':>9s} {'speed-up':>8s}")
     speedups = {}
@@ -108,12 +107,17 @@ def vs_reference(n: int, layers: int, h: int, bsz: int, steps: int) -> None:
             return time.perf_counter() - t
 
         times = {k: [] for k in paths}
+        gemm = []  # the machine's GEMM rate in the same rounds (its load changes during the run)
         for k in paths:  # warm-up
             train_step(k)
         for r in range(steps):
             for k in (paths if r % 2 == 0 else list(paths)[::-1]):
                 times[k].append(train_step(k))
+            gemm.append(matmul_flops(repeats=3))
         med = {k: statistics.median(v) for k, v in times.items()}
+        peak = statistics.median(gemm)
+        print(f"{name}: GEMM {peak / 1e9:.1f} GFLOP/s (median of the rounds; min {min(gemm) / 1e9:.1f}, "
+              f"max {max(gemm) / 1e9:.1f})")
         flops = 3 * bsz * (flops_diagonal_bilstm(n, layers, h, 4 * h) if name == "diagonal_bilstm"
                            else flops_row_lstm(n, layers, h, 4 * h))
         speedups[name] = med["reference"] / med["scan"]
