@@ -393,7 +393,7 @@ def scan_modes(cfg, device: str, steps: int, smoke: bool) -> Dict[str, Any]:
         torch.cuda.make_graphed_callables(graphed, (x,), allow_unused_input=True)
         fwd_bwd(graphed)
         r["graphed_ms"] = round(seconds_per_call(lambda: fwd_bwd(graphed), steps, device) * 1e3, 2)
-        r["eager_again_ms"] = round(seconds_per_call(lambda: fwd_bwd(models["reference"]), steps, device) * 1e3, 2)
+        r["reference_again_ms"] = round(seconds_per_call(lambda: fwd_bwd(models["reference"]), steps, device) * 1e3, 2)
         for k in ("eager", "compiled", "graphed"):
             r[f"{k}_vs_reference"] = round(r["reference_ms"] / r[f"{k}_ms"], 3)
     return r
