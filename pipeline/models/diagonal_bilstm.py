@@ -35,9 +35,9 @@ def scan_indices(n: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
     direction d's map (d = 1: the mirrored map), or the frozen "pixel" n*n outside the image. Returns
     (pixel [T, 2, n], direction [T, 2, n]: the gather of the gate pre-activations; edges [n*n, 2, 2]:
     1 where direction d's left (s = 0) / upper (s = 1) neighbour is the learned initial state; step
-    [2, n*n], side [2, 1], row [2, n*n]: the cell each raster pixel reads from each direction, the right-to-left one shifted
-    down one row (row 0 reads a frozen cell, whose h is exactly 0)). An n = 1 map gets one more, frozen,
-    column so that a frozen cell exists.
+    [2, n*n], side [2, 1], row [2, n*n]: the cell each raster pixel reads from each direction, the
+    right-to-left one shifted down one row (row 0 reads a frozen cell, whose h is exactly 0)). An n = 1
+    map gets one more, frozen, column so that a frozen cell exists.
     """
     steps = 2 * n - 1 + (n == 1)
     t = torch.arange(steps, device=device)[:, None]
