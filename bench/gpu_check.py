@@ -52,7 +52,8 @@ from typing import Any, Callable, Dict
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import gpu_sections as S  # noqa: E402  (bench/ is sys.path[0] for a script)
+import gpu_scan  # noqa: E402  (bench/ is sys.path[0] for a script)
+import gpu_sections as S  # noqa: E402
 from common import free_port  # noqa: E402
 
 # (key, experiment config to start from, overrides, micro-batch for the throughput runs)
@@ -295,6 +296,11 @@ def main() -> int:
         rep.section("layer_compile_diagonal_bilstm_32", lambda: S.layer_compile_effect(
             S.config("imagenet32_diagonal_bilstm", [], "bf16", 16, device, smoke), device, args.steps),
             need_s=40, limit_s=150)
+    # 5. issue 21: reference path, eager scan, whole-layer compile, CUDA graphs at micro-batches 4 and 32
+    for batch in (4, 32):
+        rep.section(f"scan_modes_diagonal_bilstm_32_mb{batch}", lambda batch=batch: gpu_scan.scan_modes(
+            S.config("imagenet32_diagonal_bilstm", [], "bf16", 2 if smoke else batch, device, smoke), device,
+            args.steps, smoke), need_s=40, limit_s=150)
     rep.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     rep.save()
     errors = errors_in(rep.data)

@@ -35,6 +35,8 @@ BENCHES = [
     ("input", "bench_input.py", [], ["--quick"], 240),
     ("skip", "bench_skip.py", [], ["--quick"], 120),
     ("model_step", "bench_model_step.py", [], ["--quick"], 420),
+    ("scan_vs_reference", "bench_model_step.py", ["--vs-reference"], ["--vs-reference", "--quick"], 600),
+    ("ops", "bench_ops.py", [], ["--quick"], 300),
     ("engine", "bench_engine.py", [], ["--quick"], 300),
     ("sampling", "bench_sampling.py", [], ["--quick"], 420),
     ("scaling", "bench_scaling.py", [], ["--quick"], 600),

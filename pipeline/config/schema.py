@@ -71,6 +71,7 @@ class TrainConfig:
                                     # reproducible GPU runs, slower; CPU runs are bit-exact either way
     compile: str = "none"           # none | cell: fuse the recurrent layers' LSTM cell (torch.compile;
                                     # ~20 s to compile; see bench/gpu_check.py for what it buys on a GPU)
+                                    # | layer: compile each recurrent layer whole (fullgraph, issue 21)
 
 
 @dataclass
@@ -122,7 +123,7 @@ CHOICES = {
     "train.precision": ("bf16", "fp16", "fp32"),
     "train.zero_stage": (0, 1, 2, 3),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.compile": ("none", "cell"),
+    "train.compile": ("none", "cell", "layer"),
     "data.on_corrupt": ("error", "skip"),
     "data.prepare": ("none", "synthetic", "photos"),
     "kind": ("train", "preprocess"),  # preprocess: a launcher-only experiment (slurm/config.py), never trained

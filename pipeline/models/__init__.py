@@ -20,7 +20,7 @@ from .configs import (ARCHITECTURES, Architecture, DiagonalBiLSTMConfig, ModelCo
                       RowLSTMConfig, build_model, make_config)
 
 _LAZY = {  # name -> submodule that defines it
-    "PixelRNNBase": "base", "compile_cells": "base", "count_parameters": "base",
+    "PixelRNNBase": "base", "compile_cells": "base", "compile_layers": "base", "count_parameters": "base",
     "PixelCNN": "pixelcnn", "RowLSTM": "row_lstm", "DiagonalBiLSTM": "diagonal_bilstm",
     "MultiScalePixelRNN": "multiscale",
 }

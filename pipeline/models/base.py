@@ -70,6 +70,20 @@ def compile_cells(model: nn.Module) -> int:
     return len(layers)
 
 
+def compile_layers(model: nn.Module) -> int:
+    """Compile each recurrent layer whole, forward and backward (`train.compile=layer`, issue 21).
+
+    A layer's scan (`scan.py`) has static shapes and no host synchronisation, so torch.compile takes the
+    whole layer as one graph (fullgraph=True: a graph break is an error, not a silent slow path) and a
+    CUDA graph can capture it. `nn.Module.compile` compiles in place: parameter names, state dicts and
+    DeepSpeed's module hooks stay as they are. Returns the number of layers compiled.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "impl")]  # the recurrent layers (scan or reference)
+    for m in layers:
+        m.compile(fullgraph=True)
+    return len(layers)
+
+
 def scale_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Integer pixels 0..255 -> [-1, 1] in `dtype` (the paper only scales/centres inputs)."""
     work = torch.float64 if dtype == torch.float64 else torch.float32

@@ -5,13 +5,16 @@ along the columns of the skewed map, i.e. along the image's diagonals; the state
 map is a 2x1 convolution of the previous column (the left pixel and the pixel above).
 The right-to-left direction runs on the mirrored map; its output is shifted down one row
 before it is added, so no pixel sees the future. Receptive field: the whole upper context.
-Both directions share one recurrence (stacked on a leading dim, one batched matmul per step).
+Both directions advance in one scan (`scan.LSTMScan`) over the skewed map column by column at a fixed
+height n: every step has the same shapes, the cells outside the image are frozen, and a step is one
+batched matmul (both directions, left and upper neighbour) and the cell. `impl` picks it or the code
+before issue 21 (`reference.py`, the tests' oracle): by default the scan on CUDA, the reference on CPU.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,35 +23,40 @@ import torch.nn.functional as F
 from .base import PixelRNNBase, gate_groups, lstm_cell
 from .configs import DiagonalBiLSTMConfig
 from .masks import MaskedLinear
-from .skew import skew, unskew
-
-
-def diagonal_lengths(n: int) -> List[int]:
-    """Number of pixels on each of the 2n - 1 diagonals (skewed columns) of an n x n map."""
-    return [min(t, n - 1) - max(0, t - n + 1) + 1 for t in range(2 * n - 1)]
+from .reference import diagonal_bilstm_forward, runs_reference
+from .scan import freeze_gates, lstm_scan
 
 
 @functools.lru_cache(maxsize=None)
-def diagonal_order(n: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
-    """Index vectors between raster order and skewed-column (diagonal) order of an n x n map.
+def scan_indices(n: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """Index tensors of the fixed-height scan of an n x n map (built once per (n, device)).
 
-    Returns (l2r, r2l, l2r_inv, r2l_inv): position k of the diagonal order is raster pixel
-    l2r[k] (for the mirrored map of the right-to-left direction: r2l[k]); *_inv map back.
-    The order is defined by `skew`: the valid cells of the skewed map read column by column,
-    top to bottom (each column is one step of the recurrence); `unskew` gives the inverse.
-    Built once per (n, device) and cached: eager forwards then make no index work at all. Every shape
-    here is static (a stable sort, not a boolean selection), so the GPU never waits for the host and a
-    CUDA graph capture or torch.compile of the layer can contain it.
+    The scan runs T = 2n - 1 skewed columns (diagonals) at height n; cell (t, d, r) is pixel (r, t - r) of
+    direction d's map (d = 1: the mirrored map), or the frozen "pixel" n*n outside the image. Returns
+    (pixel [T, 2, n], direction [T, 2, n]: the gather of the gate pre-activations; edges [n*n, 2, 2]:
+    1 where direction d's left (s = 0) / upper (s = 1) neighbour is the learned initial state; step
+    [2, n*n], side [2, 1], row [2, n*n]: the cell each raster pixel reads from each direction, the
+    right-to-left one shifted down one row (row 0 reads a frozen cell, whose h is exactly 0)). An n = 1
+    map gets one more, frozen, column so that a frozen cell exists.
     """
-    ids = skew(torch.arange(1, n * n + 1, device=device).view(n, n))
-    flat = ids.t().flatten()
-    valid_first = torch.argsort((flat == 0).to(torch.int32), stable=True)[: n * n]  # order kept
-    l2r = flat[valid_first] - 1
-    rank = torch.zeros(n * n + 1, dtype=torch.long, device=device)
-    rank[l2r + 1] = torch.arange(n * n, device=device)
-    l2r_inv = unskew(rank[ids]).flatten()
-    mirror = torch.arange(n * n, device=device).view(n, n).flip(1).flatten()  # (r, j) -> (r, n-1-j)
-    return l2r, mirror[l2r], l2r_inv, l2r_inv[mirror]
+    steps = 2 * n - 1 + (n == 1)
+    t = torch.arange(steps, device=device)[:, None]
+    r = torch.arange(n, device=device)[None, :]
+    j = t - r
+    valid = (j >= 0) & (j < n)
+    pixel = torch.stack([torch.where(valid, r * n + j, n * n), torch.where(valid, r * n + (n - 1 - j), n * n)], 1)
+    direction = torch.tensor([0, 1], device=device)[None, :, None].expand_as(pixel).contiguous()
+    i, jj = torch.arange(n * n, device=device).div(n, rounding_mode="floor"), torch.arange(n * n, device=device) % n
+    edges = torch.stack([torch.stack([jj == 0, i == 0], -1), torch.stack([jj == n - 1, i == 0], -1)], 1)
+    frozen_t = torch.full_like(i, steps - 1)
+    step = torch.stack([i + jj, torch.where(i > 0, (i - 1) + (n - 1 - jj), frozen_t)])
+    row = torch.stack([i, torch.where(i > 0, i - 1, 0)])
+    return pixel, direction, edges.to(torch.get_default_dtype()), step, direction[0, :, :1], row
+
+
+@functools.lru_cache(maxsize=None)
+def _frozen(hidden: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return freeze_gates(hidden, dtype, device).repeat(2)  # both directions' [o, f, i, g]
 
 
 class DiagonalBiLSTMLayer(nn.Module):
@@ -71,57 +79,30 @@ class DiagonalBiLSTMLayer(nn.Module):
         self.state_to_output = MaskedLinear(h, 2 * h, "B")
         self.cond_proj = nn.Linear(cond_maps, 8 * h) if cond_maps else None
         self.cell = lstm_cell  # train.compile=cell swaps in a fused one (base.compile_cells)
+        self.impl = "auto"  # scan on CUDA and under compile, reference on CPU; or "scan" | "reference"
 
     def forward(self, v: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if runs_reference(self.impl, v):
+            return diagonal_bilstm_forward(self, v, cond)
         b, _, n, _ = v.shape
         h = self.hidden
         # Child modules are called as modules (DeepSpeed ZeRO-3 gathers their weights in __call__).
-        # Pixel-major [n*n, B, C]: gathering whole pixels into diagonal order is a row gather.
-        gis = self.input_to_state(v.flatten(2).permute(2, 0, 1))  # [n*n, B, 8h]
+        gis = self.input_to_state(v.flatten(2).permute(2, 0, 1))  # pixel-major [n*n, B, 8h]
         if self.cond_proj is not None:
             gis = gis + self.cond_proj(cond.flatten(2).permute(2, 0, 1))
-        l2r, r2l, l2r_inv, r2l_inv = diagonal_order(n, v.device)
-        # The right-to-left half is read in mirrored order (the skew of the mirrored map).
-        # (split/unbind rather than slicing: their backward is one cat instead of zero-fill + copy)
-        g_l2r, g_r2l = gis.split(4 * h, -1)
-        gis = torch.stack([g_l2r.index_select(0, l2r), g_r2l.index_select(0, r2l)])
-        left, right = self._recurrence(gis.split(diagonal_lengths(n), 1), b, n).unbind(0)  # diagonal order
-        right = right.index_select(0, r2l_inv)
-        right = F.pad(right, (0, 0, 0, 0, n, 0))[: n * n]  # shift down one row: row i sees rows < i only
-        out = self.state_to_output(left.index_select(0, l2r_inv) + right)  # [n*n, B, 2h]
-        out = out.permute(1, 2, 0).contiguous().view(b, 2 * h, n, n)
+        pixel, direction, edges, step, side, row = scan_indices(n, v.device)
+        w = self.state_to_state
+        # The learned initial state as a left / upper neighbour is a constant term of the gates of the
+        # first column / row: added here, so the scan's states outside the image can be exactly 0.
+        h0w = torch.einsum("dk,dskj->dsj", self.h0, w.view(2, 2, h, 4 * h))
+        gis = gis.view(n * n, b, 2, 4 * h) + torch.einsum("pds,dsj->pdj", edges.to(h0w.dtype), h0w)[:, None]
+        frozen = _frozen(h, gis.dtype, gis.device).view(1, 1, 2, 4 * h).expand(1, b, 2, 4 * h)
+        g = torch.cat([gis, frozen])[pixel, :, direction]  # [T, 2, n, B, 4h]: the skewed maps, fixed height
+        hs = lstm_scan(g, self.c0[:, None, None].expand(2, n, b, h), None, w, 2, 0)  # [T, 2, n, B, h]
+        # Back to raster order; the right-to-left output shifted down one row (row i sees rows < i only).
+        out = self.state_to_output(hs[step, side, row].sum(0))  # [n*n, B, 2h]
+        out = out.permute(1, 2, 0).reshape(b, 2 * h, n, n)
         return v + out if self.residual else out
-
-    def _recurrence(self, diags: Tuple[torch.Tensor, ...], b: int, n: int) -> torch.Tensor:
-        """LSTM along the skewed columns (diagonals); diags[t]: [2, m_t, B, 4h], valid rows only.
-
-        Column t holds rows lo..hi (pixel (r, t - r)); a row's left neighbour is row r of
-        column t-1, the pixel above is row r-1 of column t-1 (the 2x1 state-to-state kernel).
-        """
-        h = self.hidden
-        h0 = self.h0[:, None, None, :].expand(2, 1, b, h)
-        c0 = self.c0[:, None, None, :].expand(2, 1, b, h)
-        w_left, w_above = self.state_to_state.split(h, 1)
-        hp = cp = None  # previous column's states [2, m_prev, B, h], rows lo_prev..hi_prev
-        outs = []
-        # cat/split only (no slicing): their backward is views or one cat, never zero-fill + copy.
-        for t, gis_t in enumerate(diags):
-            m = gis_t.shape[1]
-            if hp is None:
-                left = above = h0
-                c_left = c0
-            elif t < n:  # row t starts here: its left neighbour is the initial state (and row 0's above)
-                left, above = torch.cat([hp, h0], 1), torch.cat([h0, hp], 1)
-                c_left = torch.cat([cp, c0], 1)
-            else:  # rows lo..n-1: left = rows lo..n-1 of the previous column, above = rows lo-1..n-2
-                left, above = hp.split([1, m], 1)[1], hp.split([m, 1], 1)[0]
-                c_left = cp.split([1, m], 1)[1]
-            # [2, m, B, *] -> [2, m*B, *] is a view (m and B adjacent): batched matmuls over directions.
-            gates = torch.baddbmm(gis_t.reshape(2, m * b, 4 * h), left.reshape(2, m * b, h), w_left)
-            gates = torch.baddbmm(gates, above.reshape(2, m * b, h), w_above)
-            hp, cp = self.cell(gates.view(2, m, b, 4 * h), c_left)
-            outs.append(hp)
-        return torch.cat(outs, 1)
 
     # Incremental sampling. Left-to-right state at (i, j) needs (i, j-1) and (i-1, j) only; the
     # right-to-left pass of row i runs once row i is complete (its output reaches row i+1 only).

@@ -4,6 +4,9 @@ Processes the image row by row. The input-to-state map K^is * x for ALL rows is 
 masked 1 x k convolution (k = 3 columns along the row, mask B); the state-to-state map is a
 k-wide 1-D convolution of the previous row's hidden state only, so it never reads the
 current or the next row. Its receptive field is a triangle above the pixel.
+All rows are one scan (`scan.LSTMScan`): a row is one matmul of the row above's im2col buffer with the
+k-wide kernel and the cell. `impl` picks it or the code before issue 21
+(`reference.py`): by default the scan on CUDA and under torch.compile, the reference on CPU.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import torch.nn.functional as F
 from .base import LayerCacheMixin, PixelRNNBase, gate_groups, lstm_cell
 from .configs import RowLSTMConfig
 from .masks import MaskedConv2d
+from .reference import row_lstm_forward, runs_reference
+from .scan import lstm_scan
 
 
 class RowLSTMLayer(LayerCacheMixin, nn.Module):
@@ -37,20 +42,21 @@ class RowLSTMLayer(LayerCacheMixin, nn.Module):
         self.state_to_output = MaskedConv2d(h, 2 * h, 1, "B")  # residual connection h -> 2h
         self.cond_proj = nn.Conv2d(cond_maps, 4 * h, 1) if cond_maps else None
         self.cell = lstm_cell  # train.compile=cell swaps in a fused one (base.compile_cells)
+        self.impl = "auto"  # scan on CUDA and under compile, reference on CPU; or "scan" | "reference"
 
     def forward(self, v: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if runs_reference(self.impl, v):
+            return row_lstm_forward(self, v, cond)
         b, _, n, w = v.shape
+        h, k = self.hidden, self.kernel
         gis = self.input_to_state(v)  # [B, 4h, n, w], all rows at once
         if self.cond_proj is not None:
             gis = gis + self.cond_proj(cond)
-        h = self.h0[None, :, None].expand(b, -1, w)
-        c = self.c0[None, :, None].expand(b, -1, w)
-        rows = []
-        for gis_i in gis.unbind(2):  # unbind: per-row slicing would make backward quadratic
-            gates = gis_i + F.conv1d(h, self.state_to_state, padding=self.kernel // 2)
-            h, c = self.cell(gates, c, dim=1)
-            rows.append(h)
-        out = self.state_to_output(torch.stack(rows, 2))
+        # Scan slot s of column j reads column j + k//2 - s of the row above: conv1d's tap k-1-s.
+        w_ss = self.state_to_state.flip(2).permute(2, 1, 0).reshape(1, k * h, 4 * h)
+        h0, c0 = (s.view(1, 1, 1, h).expand(1, w, b, h) for s in (self.h0, self.c0))
+        hs = lstm_scan(gis.permute(2, 3, 0, 1).unsqueeze(1), c0, h0, w_ss, k, k // 2)  # [n, 1, w, B, h]
+        out = self.state_to_output(hs.squeeze(1).permute(2, 3, 0, 1))
         return v + out if self.residual else out
 
     # Incremental sampling: h/c maps with row 0 = initial state (index i+1 = image row i) and

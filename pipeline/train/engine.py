@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from pipeline.config import ExperimentConfig, OptimConfig
-from pipeline.models import build_model, compile_cells
+from pipeline.models import build_model, compile_cells, compile_layers
 from pipeline.models.objective import BitsPerDim
 from pipeline.train.optim import RMSprop
 
@@ -51,6 +51,8 @@ def initialize(cfg: ExperimentConfig, ds_config: Dict[str, Any]) -> Tuple[Any, t
     model = build(cfg)
     if cfg.train.compile == "cell":
         compile_cells(model)
+    elif cfg.train.compile == "layer":
+        compile_layers(model)
     objective = BitsPerDim(model)
     optimizer = make_optimizer(cfg.optim, objective.parameters())
     schedule = lr_lambda(cfg.optim, cfg.train.max_steps)

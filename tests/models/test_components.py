@@ -10,7 +10,8 @@ from helpers import ALL, ARCHS, tiny
 from pipeline.models import ARCHITECTURES, MultiScaleConfig, build_model, count_parameters, make_config
 from pipeline.models.__main__ import main as cli_main
 from pipeline.models.base import lstm_cell
-from pipeline.models.diagonal_bilstm import DiagonalBiLSTMLayer, diagonal_lengths, diagonal_order
+from pipeline.models.diagonal_bilstm import DiagonalBiLSTMLayer
+from pipeline.models.reference import diagonal_lengths, diagonal_order
 from pipeline.models.masks import mask_a, mask_b
 from pipeline.models.objective import BitsPerDim
 from pipeline.models.row_lstm import RowLSTMLayer
