@@ -1,0 +1,135 @@
+"""Sweeps (slurm/sweep.py): the expansion of a grid into validated points, saved sweeps, and what submit.py
+prints for a sweep's dry run. Running one: locally below (slow), on the real 2-node cluster as one job array
+in tests/test_sweep_cluster.py."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO
+
+from pipeline.config import ConfigError
+from slurm import sweep
+
+
+def _spec(tmp_path: Path, *flags: str, exp: str = "smoke") -> sweep.SweepSpec:
+    return sweep.spec_from_args(exp, list(flags), None, None)
+
+
+def test_points_are_the_cartesian_product_each_validated_in_its_own_folder(tmp_path):
+    spec = _spec(tmp_path, "model.layers=1,2,3", "model.hidden=8,16")
+    assert spec.name == "smoke-model.layers-model.hidden"
+    points = sweep.load_points(spec, [f"output_dir={tmp_path}", "train.max_steps=7"])
+    assert [p.overrides for p in points] == [[f"model.layers={l}", f"model.hidden={h}"]
+                                             for l in (1, 2, 3) for h in (8, 16)]
+    assert [p.number for p in points] == list(range(1, 7))
+    for p in points:
+        layers, hidden = (int(ov.split("=")[1]) for ov in p.overrides)
+        assert (p.cfg.model.layers, p.cfg.model.hidden, p.cfg.train.max_steps) == (layers, hidden, 7)
+        assert Path(p.cfg.output_dir) == tmp_path / f"model.layers={layers},model.hidden={hidden}"
+        assert p.cfg.tracking.sweep == spec.name and p.cfg.tracking.sweep_overrides == p.overrides
+        assert p.cfg.tracking.run_name == p.label
+    assert len({p.cfg.output_dir for p in points}) == 6
+
+
+def test_a_bad_value_names_its_point():
+    spec = _spec(None, "model.layers=1,2,0")
+    with pytest.raises(ConfigError) as e:
+        sweep.load_points(spec, [])
+    assert str(e.value) == "point 3 of 3 (model.layers=0): 'model.layers' must be at least 1, got 0"
+    with pytest.raises(ConfigError, match=r"point 2 of 2 \(model\.hidden=abc\): override: bad value for 'model.hidden'"):
+        sweep.load_points(_spec(None, "model.hidden=8,abc"), [])
+    with pytest.raises(ConfigError, match=r"point 1 of 2 \(model\.layer=1\): override: unknown config key "
+                                          r"'model.layer' \(model 'row_lstm'\); did you mean 'model.layers'\?"):
+        sweep.load_points(_spec(None, "model.layer=1,2"), [])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["slurm.nodes=1,2"], "'slurm.nodes' cannot be swept"),
+    (["output_dir=a,b"], "'output_dir' cannot be swept"),
+    (["tracking.experiment=a,b"], "'tracking.experiment' cannot be swept"),
+    (["model.layers=1,2", "model.layers=3"], "--sweep names 'model.layers' twice"),
+    (["model.layers"], "is not of the form dotted.key=v1,v2"),
+    (["model.layers=1,,2"], "sweep value '' of 'model.layers' cannot name a run folder"),
+    (["data.root=a/b,c"], "sweep value 'a/b' of 'data.root' cannot name a run folder"),
+])
+def test_sweeps_that_cannot_run_are_refused_in_one_line(flags, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        sweep.spec_from_args("smoke", flags, None, None)
+
+
+def test_a_swept_key_cannot_also_be_fixed():
+    with pytest.raises(ConfigError, match="'model.layers' is both swept and given as a fixed override"):
+        sweep.load_points(_spec(None, "model.layers=1,2"), ["model.layers=3"])
+
+
+def test_the_paper_sweeps_cover_the_published_ablations():
+    """Every published point of configs/benchmarks.yaml (sweeps:) is a point of its saved sweep, and every
+    point of the saved sweeps loads and validates (Tables 2 and 3: the 12-layer Row LSTM on CIFAR-10)."""
+    published = yaml.safe_load((REPO / "configs" / "benchmarks.yaml").read_text())["sweeps"]
+    expected = {"paper_depth": {1: 3.30, 2: 3.20, 3: 3.17, 6: 3.09, 9: 3.08, 12: 3.06},
+                "paper_residual_skip": {(False, False): 3.22, (False, True): 3.09, (True, False): 3.07,
+                                        (True, True): 3.06}}
+    for name, values in expected.items():
+        spec = sweep.load_sweep_file(name)
+        points = sweep.load_points(spec, [])
+        assert spec.experiment == "cifar10_row_lstm"
+        labels = {p.label for p in points}
+        table = {}
+        for row in published[name]["results"]:
+            label = sweep.point_label([f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                       for k, v in row["point"].items()])
+            assert label in labels, (name, label, labels)
+            key = tuple(row["point"].values())
+            table[key[0] if len(key) == 1 else key] = row["val_bits_per_dim"]
+        assert table == values and len(points) == len(values)
+        for p in points:
+            assert p.cfg.model.name == "row_lstm" and p.cfg.model.hidden == 128 and p.cfg.data.variant == "cifar10"
+    depth = sweep.load_points(sweep.load_sweep_file("paper_depth"), [])
+    assert [p.cfg.model.layers for p in depth] == [1, 2, 3, 6, 9, 12]
+    both = sweep.load_points(sweep.load_sweep_file("paper_residual_skip"), [])
+    assert [(p.cfg.model.residual, p.cfg.model.skip) for p in both] == [
+        (False, False), (False, True), (True, False), (True, True)]
+
+
+def test_a_sweep_file_with_a_wrong_shape_is_refused(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("experiment: smoke\ngrid: {model.layers: 3}\n")
+    with pytest.raises(ConfigError, match="grid 'model.layers' must be a non-empty list of values"):
+        sweep.load_sweep_file(str(f))
+    f.write_text("experiment: smoke\ngird: {model.layers: [1]}\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['gird'\]"):
+        sweep.load_sweep_file(str(f))
+    with pytest.raises(ConfigError, match="differs from the sweep file's experiment 'cifar10_row_lstm'"):
+        sweep.spec_from_args("smoke", [], "paper_depth", None)
+
+
+def _submit(*args):
+    return subprocess.run([sys.executable, "slurm/submit.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_dry_run_of_a_sweep_lists_the_points_and_prints_one_array_script(tmp_path, slurm_cluster):
+    """Each element keeps the experiment's nodes x tasks; --max-parallel is the array's %K; nothing written."""
+    out = _submit("--exp", "smoke", "--sweep", "model.layers=1,2,3", "--max-parallel", "2", "--nodes", "2",
+                  "slurm.tasks_per_node=1", f"output_dir={tmp_path / 'sw'}", f"data.root={tmp_path}", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for n in (1, 2, 3):
+        assert any(l.split()[:3] == ["point", f"{n}:", f"model.layers={n}"] and
+                   l.endswith(str(tmp_path / "sw" / f"model.layers={n}")) for l in lines), out.stdout
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --job-name=smoke-model.layers"):
+        assert line in lines, (line, out.stdout)
+    assert sum(l.startswith("srun ") for l in lines) == 1
+    assert not (tmp_path / "sw").exists()
+
+
+def test_bad_sweep_on_the_command_line_exits_2_naming_the_point(tmp_path):
+    out = _submit("--exp", "smoke", "--sweep", "model.layers=2,0", "--dry-run", f"output_dir={tmp_path / 'sw'}")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: point 2 of 2 (model.layers=0): 'model.layers' must be at least 1, got 0"
+    assert not (tmp_path / "sw").exists()
