@@ -275,10 +275,10 @@ def run_sweep(spec: SweepSpec, extra: Sequence[str], steps: SubmitSteps, *, use_
     for p in todo:
         p.cfg.tracking.parent_run_id = parent
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    state = {"name": spec.name, "experiment": spec.experiment, "grid": spec.grid, "jobs": state.get("jobs") or {}}
     if use_slurm:
         submitted = _submit_array(todo, folder, spec.name, max_parallel or len(todo))
-        state = {"name": spec.name, "experiment": spec.experiment, "grid": spec.grid,
-                 "jobs": {**(state.get("jobs") or {}), **{p.label: j.job_id for p, j in submitted}}}
+        state["jobs"].update({p.label: j.job_id for p, j in submitted})
         atomic_write_text(_state_file(root), json.dumps(state, indent=2))
         for p, j in submitted:
             print(f"  point {p.number} ({p.label}): job {j.job_id} -> {p.cfg.output_dir}")
@@ -288,6 +288,7 @@ def run_sweep(spec: SweepSpec, extra: Sequence[str], steps: SubmitSteps, *, use_
             return 0
         jobs.follow([j for _, j in submitted], [])
     else:
+        atomic_write_text(_state_file(root), json.dumps(state, indent=2))
         submitted = [(p, _run_local(p, follow)) for p in todo]
     return _summarise(spec, submitted, uri, parent, queued)
 

@@ -3,15 +3,18 @@ prints for a sweep's dry run. Running one: locally below (slow), on the real 2-n
 in tests/test_sweep_cluster.py."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, mlflow_store
 
 from pipeline.config import ConfigError
+from pipeline.tracking import report, sweep_report
 from slurm import sweep
 
 
@@ -133,3 +136,58 @@ def test_bad_sweep_on_the_command_line_exits_2_naming_the_point(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "error: point 2 of 2 (model.layers=0): 'model.layers' must be at least 1, got 0"
     assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.slow  # two 2-rank DeepSpeed jobs through submitit's local executor
+def test_local_sweep_nests_points_under_a_parent_and_a_failed_point_does_not_stop_the_other(tmp_path, smoke_data):
+    """`--local`: the points run one after another; optim.lr=1e30 makes point 2's losses non-finite (the
+    trainer stops it, FAILED), point 1 finishes. In MLflow: one parent run (run_kind=sweep, the grid as a
+    param), each point a child run (mlflow.parentRunId) with its value as param and tag. The sweep's table
+    has one row per point with the child's own val_bits_per_dim. Submitted again, the complete point is
+    listed as complete."""
+    db = tmp_path / "mlflow.db"
+    uri = mlflow_store(db)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.create_experiment("smoke", artifact_location=(tmp_path / "artifacts").as_uri())
+    args = ["--exp", "smoke", "--sweep", "optim.lr=0.003,1e30", "--sweep-name", "lr", f"output_dir={tmp_path / 'sw'}",
+            f"data.root={smoke_data}", "data.prepare=none", f"tracking.tracking_uri={uri}", "train.max_steps=10",
+            "train.eval_every=5", "train.log_every=5", "train.sample_every_eval=0", "train.max_nonfinite_steps=2",
+            "checkpoint.every=1000"]
+    out = subprocess.run([sys.executable, "slurm/submit.py", *args, "--local"], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "point 1 (optim.lr=0.003): validation" in out.stdout
+    assert "point 2 (optim.lr=1e30): job" in out.stderr and "NonFiniteLossError" in out.stderr
+
+    exp = client.get_experiment_by_name("smoke")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"lr", "optim.lr=0.003", "optim.lr=1e30"}
+    parent = runs["lr"]
+    assert parent.data.tags["run_kind"] == "sweep" and parent.data.tags["sweep"] == "lr"
+    assert parent.data.params == {"optim.lr": "0.003,1e30"} and parent.info.status == "FAILED"
+    assert (tmp_path / "sw" / "mlflow_run_id").read_text() == parent.info.run_id
+    for label, value, status in (("optim.lr=0.003", "0.003", "FINISHED"), ("optim.lr=1e30", "1e30", "FAILED")):
+        child = runs[label]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["sweep"] == "lr" and child.data.tags["sweep.optim.lr"] == value
+        assert float(child.data.params["optim.lr"]) == float(value)
+        assert child.info.status == status
+        assert (tmp_path / "sw" / label / "mlflow_run_id").read_text() == child.info.run_id
+    final = json.loads((tmp_path / "sw" / "optim.lr=0.003" / "final_metrics.json").read_text())
+    assert runs["optim.lr=0.003"].data.metrics["val_bits_per_dim"] == final["val_bits_per_dim"]
+
+    table = sweep_report.collect_sweep(client, "lr", {})
+    assert [(r.values, r.status, r.val, r.steps) for r in table.rows] == [
+        (("0.003",), "FINISHED", final["val_bits_per_dim"], 10), (("1e30",), "FAILED", None, 0)]
+    rep = tmp_path / "lr.md"
+    code = report.main(["--sweep", "lr", "--tracking-uri", uri, "--out", str(rep)])
+    assert code == 0
+    assert f"| 0.003 | {final['val_bits_per_dim']:.4f} | 10 |" in rep.read_text()
+    assert "| 1e30 | – | 0 | – | FAILED |" in rep.read_text()
+    assert (tmp_path / "lr.png").stat().st_size > 5_000
+
+    again = subprocess.run([sys.executable, "slurm/submit.py", *args, "--local", "--dry-run"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert [l.endswith("(complete)") for l in again.stdout.splitlines() if l.lstrip().startswith("point ")] == \
+        [True, False]
