@@ -14,27 +14,16 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
-from helpers import (FAST, browse, hostnames, metrics, mlflow_store, mlflow_ui, resumed_steps, sacct_job,
+from helpers import (FAST, browse, hostnames, job_id, metrics, mlflow_store, mlflow_ui, resumed_steps, sacct_job,
                      sha256_tree, shown, start, ui_urls, wait, wait_until_idle)
 
 pytestmark = pytest.mark.slow  # jobs on the real SLURM cluster, and the MLflow UI in a browser
 
 LABELS = ["model.hidden=8", "model.hidden=16", "model.hidden=24"]
 STEPS = 150
-
-
-def _array_id(log: Path, timeout: float = 90) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        m = re.search(r"as job array (\d+) \(SLURM", log.read_text() if log.exists() else "")
-        if m:
-            return m.group(1)
-        time.sleep(0.2)
-    raise AssertionError(f"no job array id in {log}:\n{log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +41,7 @@ def sweep_run(tmp_path_factory, smoke_data, two_nodes):
            "--follow"]
     first_log = base / "first.log"
     proc = start(cmd, first_log)
-    array = _array_id(first_log)
+    array = job_id(first_log, 90, r"as job array (\d+) \(SLURM")
     deadline = time.time() + 240
     while len(metrics(root / LABELS[0])) < 60:  # past its checkpoint at step 50
         assert time.time() < deadline and proc.poll() is None, first_log.read_text()[-3000:]
