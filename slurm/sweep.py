@@ -304,7 +304,8 @@ def _submit_array(todo: Sequence[Point], folder: Path, name: str, parallel: int)
     ex = _array_executor(todo[0].cfg, folder, name, parallel)
     with ex.batch():
         pending = [ex.submit(Trainer(p.cfg)) for p in todo]
-    print(f"submitted sweep {name} as job array {pending[0].job_id.split('_')[0]} (SLURM, {len(todo)} point(s), "
+    what = "job array" if len(todo) > 1 else "job"
+    print(f"submitted sweep {name} as {what} {pending[0].job_id.split('_')[0]} (SLURM, {len(todo)} point(s), "
           f"at most {parallel} at once, {todo[0].cfg.slurm.ranks()} task(s) each)")
     return list(zip(todo, pending))
 

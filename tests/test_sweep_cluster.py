@@ -77,7 +77,7 @@ def test_sweep_is_one_array_over_both_nodes_and_a_killed_point_resumes_alone(swe
     assert s["again_rc"] == 0, again[-3000:]
     for n, label in ((2, LABELS[1]), (3, LABELS[2])):
         assert f"point {n} ({label}): complete, not submitted again" in again, again[-3000:]
-    m = re.search(r"submitted sweep trio as job array (\d+) \(SLURM, 1 point\(s\)", again)
+    m = re.search(r"submitted sweep trio as job (\d+) \(SLURM, 1 point\(s\)", again)  # one point: a plain job
     assert m and m.group(1) != s["array"], again[-3000:]
     assert f"point 1 ({LABELS[0]}): job {m.group(1)} ->" in again
     assert "continued parent run" in again
