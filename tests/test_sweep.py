@@ -14,7 +14,7 @@ import yaml
 from helpers import REPO, mlflow_store
 
 from pipeline.config import ConfigError
-from pipeline.tracking import report, sweep_report
+from pipeline.tracking import report, sweep_report, tracker
 from slurm import sweep
 
 
@@ -191,3 +191,35 @@ def test_local_sweep_nests_points_under_a_parent_and_a_failed_point_does_not_sto
     assert again.returncode == 0, again.stderr
     assert [l.endswith("(complete)") for l in again.stdout.splitlines() if l.lstrip().startswith("point ")] == \
         [True, False]
+
+
+def test_sweep_table_sets_the_published_value_beside_each_point(tmp_path):
+    """A paper_depth sweep logged with the MLflow client (no training): rows in grid order, the published
+    Table 3 value and the gap for each point, `not started` for points without a run, and the plot."""
+    uri = mlflow_store(tmp_path / "mlflow.db")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.create_experiment("cifar10", artifact_location=(tmp_path / "artifacts").as_uri())
+    spec = sweep.load_sweep_file("paper_depth")
+    parent, created = tracker.start_sweep_run(uri, "cifar10", spec.name, spec.grid, tmp_path / "sw")
+    assert created and tracker.start_sweep_run(uri, "cifar10", spec.name, spec.grid, tmp_path / "sw") == (parent, False)
+    exp = client.get_experiment_by_name("cifar10").experiment_id
+    for layers, val, steps in ((1, 3.5, 100), (6, 3.25, 200)):
+        tags = {tracker.PARENT_TAG: parent, **tracker.sweep_tags(spec.name, [f"model.layers={layers}"])}
+        run = client.create_run(exp, run_name=f"model.layers={layers}", tags=tags)
+        client.log_metric(run.info.run_id, "val_bits_per_dim", val + 1, step=steps // 2)
+        client.log_metric(run.info.run_id, "val_bits_per_dim", val, step=steps)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    table = sweep_report.collect_sweep(client, "paper_depth", report.load_benchmarks())
+    assert [(r.values, r.val, r.steps, r.status, r.published) for r in table.rows] == [
+        (("1",), 3.5, 100, "FINISHED", 3.30), (("2",), None, 0, "not started", 3.20),
+        (("3",), None, 0, "not started", 3.17), (("6",), 3.25, 200, "FINISHED", 3.09),
+        (("9",), None, 0, "not started", 3.08), (("12",), None, 0, "not started", 3.06)]
+    out = tmp_path / "depth.md"
+    assert report.main(["--sweep", "paper_depth", "--tracking-uri", uri, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| model.layers | val bits/dim | steps | device-hours | status | published | gap |" in text
+    assert "| 1 | 3.5000 | 100 | – | FINISHED | 3.30 | +0.200 |" in text
+    assert "| 6 | 3.2500 | 200 | – | FINISHED | 3.09 | +0.160 |" in text
+    assert "| 12 | – | 0 | – | not started | 3.06 | – |" in text
+    assert (tmp_path / "depth.png").stat().st_size > 5_000
+    assert report.main(["--sweep", "paper_dept", "--tracking-uri", uri, "--out", str(out)]) == 2
