@@ -31,7 +31,7 @@ from pipeline.tracking.tracker import absolute_uri, recorded_run, tracking_uri  
 from pipeline.train.checkpoint import CheckpointError, latest_step  # noqa: E402
 from pipeline.train.ds_config import gradient_accumulation  # noqa: E402
 import preprocessing  # noqa: E402
-from slurm import jobs, preprocess_job  # noqa: E402
+from slurm import jobs, preprocess_job, sweep  # noqa: E402
 from slurm.config import JobConfig, load_job_config  # noqa: E402
 from slurm.executors import check_local_resources, make_executor, sbatch_script, slurm_available  # noqa: E402
 from slurm.launcher import Trainer  # noqa: E402
@@ -57,9 +57,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="validate and print the sbatch script; submit nothing")
     p.add_argument("--follow", action="store_true", help="stream the rank-0 log until the job ends")
     p.add_argument("--list", action="store_true", help="list the experiments in configs/experiments/")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="sweep KEY over the values (repeat for a grid): one job array (slurm/sweep.py)")
+    p.add_argument("--sweep-file", help="a saved sweep: configs/sweeps/NAME.yaml (or NAME)")
+    p.add_argument("--sweep-name", help="the sweep's name (run folder runs/NAME, MLflow parent run)")
+    p.add_argument("--max-parallel", type=int, help="a sweep's points running at once (default: all)")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
-    if not args.list and not args.exp:
-        p.error("--exp is required (or --list)")
+    if not args.list and not args.exp and not args.sweep_file:
+        p.error("--exp is required (or --list, or --sweep-file)")
     return args
 
 
@@ -231,12 +236,21 @@ def warn_missing(check, cfg: ExperimentConfig) -> None:
         print(f"warning: {e} (not seen from here; a real submission refuses it)", file=sys.stderr)
 
 
+# A sweep's points are submitted as single runs are (slurm/sweep.py).
+SWEEP_STEPS = sweep.SubmitSteps(absolutize, check_data_paths, warn_missing, prepare_data, already_complete)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.list:
         print("\n".join(f"{name:32s} {desc}" for name, desc in list_experiments()))
         return 0
     try:
+        if args.sweep or args.sweep_file:
+            spec = sweep.spec_from_args(args.exp, args.sweep, args.sweep_file, args.sweep_name)
+            return sweep.run_sweep(spec, args.overrides + resource_overrides(args), SWEEP_STEPS,
+                                   use_slurm=not args.local and slurm_available(), dry_run=args.dry_run,
+                                   follow=args.follow, max_parallel=args.max_parallel)
         # Data paths are checked below: a dry run (e.g. on a login node that does not see the data) only
         # warns about them, a real submission refuses them.
         cfg = load_job_config(args.exp, args.overrides + resource_overrides(args))

@@ -46,3 +46,13 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, for the MLflow UI tests (tests/helpers/mlflow_ui.py drives it)."""
+    from helpers import CHROMIUM  # tests/ is on sys.path only once this file has run (above)
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (install it with `apt-get install -y chromium`); "
+                    "the MLflow UI browser test cannot run")
+    return CHROMIUM

@@ -87,6 +87,11 @@ class TrackingConfig:
     tracking_uri: str = ""          # empty: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     run_name: str = ""              # empty: derived from model, size and precision
     codec_baselines: bool = False   # log png_/webp_bits_per_dim of the val split at the end (pipeline.tracking.baselines)
+    # A point of a sweep (slurm/sweep.py sets these): its MLflow run is a child (nested) of the sweep's
+    # parent run, tagged with the sweep's name and the point's own `key=value` overrides.
+    parent_run_id: str = ""
+    sweep: str = ""
+    sweep_overrides: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Bits/dim report: our best runs per model beside the published numbers, from the MLflow store.
 
     python -m pipeline.tracking.report [--experiment imagenet32] [--tracking-uri URI] [--out report.md]
+    python -m pipeline.tracking.report --sweep NAME     # one sweep's table instead: sweep_report.py
 
 For each MLflow experiment (one per benchmark) it writes a Markdown table of the best run per model (the
 run's latest `val_bits_per_dim`, train bits/dim, steps, images/s, device-hours), the published test
@@ -19,58 +20,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import mlflow
-import numpy as np
-import yaml
 from mlflow.entities import RunStatus
 
-from pipeline.config import REPO_ROOT
 from pipeline.fsutil import atomic_write_text
+from pipeline.tracking import sweep_report
+from pipeline.tracking.reading import BENCHMARKS_FILE, VAL, ReportError, RunSummary, load_benchmarks, summarise
 from pipeline.tracking.report_plots import plot_runs
-from pipeline.tracking.tracker import DATA_TAGS, DEFAULT_URI, REPORT_KIND, RUN_KIND_TAG, resolve_uri, store_missing
+from pipeline.tracking.tracker import DEFAULT_URI, REPORT_KIND, RUN_KIND_TAG, SWEEP_KIND, resolve_uri, store_missing
 
-BENCHMARKS_FILE = REPO_ROOT / "configs" / "benchmarks.yaml"
-VAL, TRAIN, HOURS, RATE = "val_bits_per_dim", "train_bits_per_dim", "device_hours", "images_per_s"
 EXIT_OK, EXIT_USAGE = 0, 2
-
-
-class ReportError(Exception):
-    """A request the report cannot serve (unknown experiment, unreadable benchmarks file)."""
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    name: str
-    status: str
-    model: str
-    tags: Dict[str, str]
-    params: Dict[str, str]
-    val: float
-    train: Optional[float]
-    steps: int
-    images_per_s: Optional[float]
-    device_hours: Optional[float]
-    val_history: List[Tuple[int, float]] = field(default_factory=list)
-    hours_history: List[Tuple[int, float]] = field(default_factory=list)
-
-    @property
-    def data_key(self) -> Tuple[str, ...]:
-        """What makes two runs' bits/dim comparable: the same data, made the same way."""
-        return tuple(self.tags.get(k, "unknown") for k in DATA_TAGS)
-
-    def val_device_hours(self) -> List[float]:
-        """Device-hours at each evaluation step (interpolated from the logged device_hours)."""
-        if not self.hours_history:
-            return []
-        s, h = zip(*self.hours_history)
-        return [float(x) for x in np.interp([st for st, _ in self.val_history], s, h, left=0.0)]
 
 
 @dataclass
@@ -99,25 +63,11 @@ def best_per_model(runs: Sequence[RunSummary]) -> List[RunSummary]:
 
 # ----------------------------------------------------------------------------------------------- reading
 
-def load_benchmarks(path: Path = BENCHMARKS_FILE) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ReportError(f"cannot read benchmarks file {path}: {e}") from None
-    if not isinstance(data.get("benchmarks"), dict):
-        raise ReportError(f"{path}: no 'benchmarks' mapping")
-    return data
-
-
 def benchmark_for(experiment: str, benchmarks: dict) -> Optional[dict]:
     for key, b in benchmarks["benchmarks"].items():
         if experiment == key or experiment in (b.get("experiments") or []):
             return b
     return None
-
-
-def _history(client, run_id: str, key: str) -> List[Tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def collect(client, experiment) -> ExperimentReport:
@@ -127,24 +77,14 @@ def collect(client, experiment) -> ExperimentReport:
     while True:
         page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
         for run in page:
-            tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-            if tags.get(RUN_KIND_TAG) == REPORT_KIND:
-                rep.skipped_reports += 1
+            kind = run.data.tags.get(RUN_KIND_TAG)
+            if kind in (REPORT_KIND, SWEEP_KIND):  # reports and sweeps' parent runs train nothing
+                rep.skipped_reports += kind == REPORT_KIND
                 continue
-            if VAL not in metrics:
+            if VAL not in run.data.metrics:
                 rep.without_val += 1
                 continue
-            rid = run.info.run_id
-            val_hist = _history(client, rid, VAL)
-            train_hist = _history(client, rid, TRAIN)
-            rates = [v for _, v in _history(client, rid, RATE)]
-            steps = max([s for s, _ in val_hist + train_hist] or [0])
-            rep.runs.append(RunSummary(
-                run_id=rid, name=run.info.run_name or rid[:8], status=run.info.status,
-                model=tags.get("model") or params.get("model") or params.get("model.name") or "unknown",
-                tags=dict(tags), params=dict(params), val=metrics[VAL], train=metrics.get(TRAIN), steps=steps,
-                images_per_s=statistics.median(rates) if rates else None,  # median: robust to warm-up
-                device_hours=metrics.get(HOURS), val_history=val_hist, hours_history=_history(client, rid, HOURS)))
+            rep.runs.append(summarise(client, run))
         token = page.token
         if not token:
             return rep
@@ -288,13 +228,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "repeatable; default: every experiment in the store")
     p.add_argument("--tracking-uri", default=None,
                    help=f"MLflow store; default $MLFLOW_TRACKING_URI, else {DEFAULT_URI}")
-    p.add_argument("--out", default="report.md", help="Markdown report; plots go beside it")
+    p.add_argument("--out", default=None, help="Markdown report (default report.md, or sweep-NAME.md with "
+                   "--sweep); plots go beside it")
     p.add_argument("--benchmarks", default=str(BENCHMARKS_FILE), help="published results (YAML)")
     p.add_argument("--no-log-run", action="store_true", help="do not log the report as an MLflow run")
+    p.add_argument("--sweep", help="the table of one sweep instead (pipeline/tracking/sweep_report.py)")
     args = p.parse_args(argv)
     uri = resolve_uri(args.tracking_uri)
     try:
-        code, msg = make_report(uri, args.experiment, Path(args.out), Path(args.benchmarks), not args.no_log_run)
+        if args.sweep:
+            print(sweep_report.make_sweep_report(uri, args.sweep, args.out and Path(args.out),
+                                                 load_benchmarks(Path(args.benchmarks))))
+            return EXIT_OK
+        code, msg = make_report(uri, args.experiment, Path(args.out or "report.md"), Path(args.benchmarks),
+                                not args.no_log_run)
     except ReportError as e:
         print(f"pipeline.tracking.report: {e}", file=sys.stderr)
         return EXIT_USAGE

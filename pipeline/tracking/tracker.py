@@ -5,6 +5,10 @@ One MLflow experiment per benchmark; one MLflow run per training run, continued 
 SLURM requeues through the run id stored beside the checkpoints (`RunDir.mlflow_run_id`, and the store
 that holds it in `RunDir.mlflow_store`). A run resumed against another store (MLFLOW_TRACKING_URI
 changed) cannot continue its MLflow run there: it starts a new one in that store and says so.
+
+A sweep (slurm/sweep.py) is one parent run (`start_sweep_run`, tag run_kind=sweep, the swept keys as params)
+and one child run per point: the training run, started nested under the parent (`tracking.parent_run_id`)
+and tagged with the sweep's name and the point's values (`sweep_tags`).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from pipeline.config import ExperimentConfig, flatten, to_yaml
 from pipeline.fsutil import atomic_write_text
@@ -25,7 +29,10 @@ log = logging.getLogger(__name__)
 # The tag schema (`pipeline.tracking.report` reads what this module writes). run_kind tells training runs
 # from report runs; the data tags decide whether two runs' bits/dim are comparable, and data_key joins them
 # into one value the UI's "Group by" can use.
-RUN_KIND_TAG, TRAIN_KIND, REPORT_KIND = "run_kind", "train", "report"
+RUN_KIND_TAG, TRAIN_KIND, REPORT_KIND, SWEEP_KIND = "run_kind", "train", "report", "sweep"
+# Sweeps: the sweep's name (parent and children), the parent's grid as JSON ({key: [values]}), MLflow's own
+# parent link, and on each child `sweep.<key>` = the point's value of that key (the compare view's columns).
+SWEEP_TAG, SWEEP_GRID_TAG, PARENT_TAG, SWEEP_VALUE_PREFIX = "sweep", "sweep_grid", "mlflow.parentRunId", "sweep."
 DATA_TAGS = ("dataset_variant", "resize", "image_size", "manifest_sha256")
 DATA_KEY_TAG = "data_key"
 
@@ -71,6 +78,61 @@ def recorded_run(run_dir: Union[Path, RunDir]) -> Tuple[Optional[str], Optional[
     return run_id, store
 
 
+def sweep_value(value: Any) -> str:
+    """A swept value as an override and tag string: YAML's spelling of booleans (`false`), else str()."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def sweep_tags(sweep: str, overrides: Sequence[str]) -> Dict[str, str]:
+    """The tags of a sweep's point: the sweep's name and `sweep.<key>` = value per `key=value` override."""
+    tags = {SWEEP_TAG: sweep}
+    for ov in overrides:
+        key, value = ov.split("=", 1)
+        tags[SWEEP_VALUE_PREFIX + key] = value
+    return tags
+
+
+def _client_experiment(client, name: str) -> str:
+    """The id of MLflow experiment `name`, created when it does not exist yet."""
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else client.create_experiment(name)
+
+
+def start_sweep_run(uri: str, experiment: str, sweep: str, grid: Mapping[str, Sequence[str]],
+                    sweep_dir: Union[Path, RunDir]) -> Tuple[str, bool]:
+    """The sweep's parent run in `experiment` of store `uri`: the one recorded in `sweep_dir` (a resubmission
+    reuses it, set RUNNING again), else a new one (tags run_kind=sweep, the sweep's name and grid; each swept
+    key a param: its values joined by commas). Returns (run id, whether it was created)."""
+    import mlflow  # here: the launcher's other paths (dry runs, single jobs) never pay for it
+    from mlflow.exceptions import MlflowException  # with mlflow, as above
+
+    run = sweep_dir if isinstance(sweep_dir, RunDir) else RunDir(sweep_dir)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id, before = recorded_run(run)
+    if run_id and before == uri:
+        try:
+            client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+            return run_id, False
+        except MlflowException:
+            log.warning("the sweep's MLflow run %s is not in %s: starting a new parent run", run_id, uri)
+    exp_id = _client_experiment(client, experiment)
+    created = client.create_run(exp_id, run_name=sweep, tags={
+        RUN_KIND_TAG: SWEEP_KIND, SWEEP_TAG: sweep, SWEEP_GRID_TAG: json.dumps({k: list(v) for k, v in grid.items()}),
+        "mlflow.note.content": f"Sweep {sweep} (slurm/submit.py): one child run per point."})
+    for key, values in grid.items():
+        client.log_param(created.info.run_id, key, ",".join(values))
+    atomic_write_text(run.mlflow_run_id, created.info.run_id)
+    atomic_write_text(run.mlflow_store, uri)
+    return created.info.run_id, True
+
+
+def end_sweep_run(uri: str, run_id: str, status: str) -> None:
+    """Close the sweep's parent run: FINISHED when every point finished, else FAILED."""
+    import mlflow  # as in start_sweep_run
+    mlflow.MlflowClient(tracking_uri=uri).set_terminated(run_id, status)
+
+
 def run_name(cfg: ExperimentConfig) -> str:
     """e.g. `diagonal_bilstm-12x128-32px-bf16-zero2`: model, size and key settings at a glance."""
     if cfg.tracking.run_name:
@@ -111,8 +173,8 @@ class Tracker:
             run_id = None
         if run_id:  # a resumed run continues its MLflow run
             run = mlflow.start_run(run_id=run_id)
-        else:
-            run = mlflow.start_run(run_name=run_name(cfg))
+        else:  # a sweep's point starts nested under the sweep's parent run
+            run = mlflow.start_run(run_name=run_name(cfg), parent_run_id=cfg.tracking.parent_run_id or None)
             atomic_write_text(self.run.mlflow_run_id, run.info.run_id)
             self.created = True
         atomic_write_text(self.run.mlflow_store, uri)
@@ -133,6 +195,8 @@ class Tracker:
             return
         self.mlflow.set_tags({RUN_KIND_TAG: TRAIN_KIND, "benchmark": cfg.tracking.experiment,
                               DATA_KEY_TAG: data_key(tags), **tags})
+        if cfg.tracking.sweep:
+            self.mlflow.set_tags(sweep_tags(cfg.tracking.sweep, cfg.tracking.sweep_overrides))
         if self.created:
             params = {k: v for k, v in flatten(cfg).items() if not isinstance(v, dict)}
             # Headline hyperparameters also as short top-level names for the compare view.

@@ -7,6 +7,7 @@ from a conftest.
   prep         tiny images, shard readers, the preprocessing CLI
   tiny_models  tiny model configurations and the causality probe
   mlflow_runs  a real MLflow store of two finished smoke runs
+  mlflow_ui    `mlflow ui` on 127.0.0.1 and headless Chromium looking at it
   slurm_jobs   submissions to the real local SLURM cluster: job ids, job state, the run's results
 """
 import os
@@ -18,6 +19,7 @@ from .faults import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, C
 from .launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_store, process_groups,  # noqa: E402
                      signal_groups, train_2ranks)
 from .mlflow_runs import COMMON, SMOKE_RUNS, make_smoke_store  # noqa: E402
+from .mlflow_ui import CHROMIUM, browse, mlflow_ui, shown, ui_urls  # noqa: E402
 from .prep import encode, noise_image, output_bytes, read_samples, run_cli, write  # noqa: E402
 from .slurm_jobs import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job, scontrol_job,  # noqa: E402
                          start, submit_cmd, task_pids, wait, wait_until_idle)
@@ -29,6 +31,7 @@ __all__ = [
     "REPO", "free_port", "hex_losses", "kill_tree", "metrics", "mlflow_store", "process_groups", "signal_groups",
     "train_2ranks",
     "COMMON", "SMOKE_RUNS", "make_smoke_store",
+    "CHROMIUM", "browse", "mlflow_ui", "shown", "ui_urls",
     "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write",
     "FAST", "hostnames", "job_id", "one_mlflow_run", "resumed_steps", "sacct_job", "scontrol_job", "start",
     "submit_cmd", "task_pids", "wait", "wait_until_idle",

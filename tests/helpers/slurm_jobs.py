@@ -29,11 +29,11 @@ def start(cmd: List[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
 
 
-def job_id(log: Path, timeout: float = 60) -> str:
-    """The id `submit.py` printed ("submitted smoke as job 42 (SLURM, ...")."""
+def job_id(log: Path, timeout: float = 60, pattern: str = r"as job (\d+) \(SLURM") -> str:
+    """The id `submit.py` printed ("submitted smoke as job 42 (SLURM, ..."; a sweep's: "as job array 42")."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        m = re.search(r"as job (\d+) \(SLURM", log.read_text() if log.exists() else "")
+        m = re.search(pattern, log.read_text() if log.exists() else "")
         if m:
             return m.group(1)
         time.sleep(0.2)
