@@ -237,7 +237,8 @@ def warn_missing(check, cfg: ExperimentConfig) -> None:
 
 
 # A sweep's points are submitted as single runs are (slurm/sweep.py).
-SWEEP_STEPS = sweep.SubmitSteps(absolutize, check_data_paths, warn_missing, prepare_data, already_complete)
+SWEEP_STEPS = sweep.SubmitSteps(absolutize, check_data_paths, warn_missing, prepare_data, already_complete,
+                                print_data_plan, check_local_resources)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -189,6 +189,8 @@ class SubmitSteps:
     warn_missing: Callable[[Callable, Any], None]
     prepare_data: Callable[[Any], None]
     already_complete: Callable[[Any], Optional[str]]
+    data_plan: Callable[[Any, bool], None]        # print (dry run) or print-and-check (real) the plan line
+    check_local: Callable[[Any], None]            # a local run: this machine has what the job asks for
 
 
 def _state_file(root: Path) -> Path:
@@ -239,7 +241,11 @@ def run_sweep(spec: SweepSpec, extra: Sequence[str], steps: SubmitSteps, *, use_
     if dry_run:
         for first in {p.cfg.data.root: p for p in points}.values():  # once per dataset
             steps.warn_missing(steps.check_data, first.cfg)
+            if not use_slurm:
+                steps.warn_missing(steps.check_local, first.cfg)
         print(listing(points, steps))
+        for p in points:
+            steps.data_plan(p.cfg, True)
         if use_slurm:
             ex = _array_executor(points[0].cfg, folder, spec.name, max_parallel or len(points))
             print(sbatch_script(ex, array_size=len(points) if len(points) > 1 else None))
@@ -249,6 +255,8 @@ def run_sweep(spec: SweepSpec, extra: Sequence[str], steps: SubmitSteps, *, use_
         return 0
     for p in points:
         steps.check_data(p.cfg)
+        if not use_slurm:
+            steps.check_local(p.cfg)
     state = _read_state(root)
     _check_same_sweep(spec, root, state)
     todo, queued = [], 0
@@ -261,6 +269,10 @@ def run_sweep(spec: SweepSpec, extra: Sequence[str], steps: SubmitSteps, *, use_
             print(f"  point {p.number} ({p.label}): still queued or running as job {job}, not submitted again")
         else:
             todo.append(p)
+    for first in {p.cfg.data.root: p for p in todo}.values():  # points share their data: build it once
+        steps.prepare_data(first.cfg)
+    for p in todo:  # before the MLflow parent run exists: a refused point leaves nothing behind
+        steps.data_plan(p.cfg, False)  # refuses a point whose epoch would leave out more than 1 %
     uri = points[0].cfg.tracking.tracking_uri
     parent, created = start_sweep_run(uri, points[0].cfg.tracking.experiment, spec.name, spec.grid, root)
     print(f"  MLflow:      {'new' if created else 'continued'} parent run {parent} in experiment "
@@ -270,8 +282,6 @@ def run_sweep(spec: SweepSpec, extra: Sequence[str], steps: SubmitSteps, *, use_
             end_sweep_run(uri, parent, "FINISHED")
         print(f"sweep {spec.name}: nothing to submit")
         return 0
-    for first in {p.cfg.data.root: p for p in todo}.values():  # points share their data: build it once
-        steps.prepare_data(first.cfg)
     for p in todo:
         p.cfg.tracking.parent_run_id = parent
     os.environ["MLFLOW_TRACKING_URI"] = uri
