@@ -65,6 +65,27 @@ def test_round_trip_is_exact(tmp_path, name, kw):
     assert abs(forward_bits - stats["ideal_bits"]) < 1e-3 * stats["ideal_bits"]
 
 
+# Issue 22: a grayscale and a binary model (MNIST-style), for a recurrent and the multi-scale model.
+GRAY = [(name, levels) for name in ("diagonal_bilstm", "multiscale") for levels in (256, 2)]
+
+
+@pytest.mark.parametrize("name,levels", GRAY, ids=[f"{n}-{lv}" for n, lv in GRAY])
+def test_round_trip_of_one_channel_and_binary_images_is_exact(tmp_path, name, levels):
+    """The coder takes `levels` symbols per sub-pixel, one channel per pixel; the header says 1 channel."""
+    ckpt = export(tmp_path / "model.pt", name, channels=1, levels=levels, **({"base": "row_lstm"}
+                                                                              if name == "multiscale" else {}))
+    x = images(5)[:, :1] // (256 // levels)  # 0..levels-1
+    assert len(x.unique()) == levels or levels == 256
+    data, stats = encode(ckpt, x)
+    y, _, _ = decode_file(data, ckpt, progress=False)
+    assert y.shape == (5, 1, SIZE, SIZE) and torch.equal(x, y)
+    header, _, _ = prc.unpack(data)
+    assert header["images"]["channels"] == 1 and header["model"]["config"]["levels"] == levels
+    model, _ = load_model(ckpt)
+    forward_bits = (model.bits_per_dim(x).double() * SIZE * SIZE).sum().item()
+    assert abs(forward_bits - stats["ideal_bits"]) < 1e-3 * stats["ideal_bits"]
+
+
 def test_file_size_is_bits_per_dim_plus_stated_overhead(tmp_path):
     """total file bits <= 1.01 x (sum of -log2 p over every sub-pixel) + header bytes x 8."""
     ckpt = export(tmp_path / "model.pt", "row_lstm")

@@ -61,8 +61,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     args.dtype, args.threads, not args.no_progress)
             atomic_write_bytes(args.out, data)
             print(f"wrote {args.out}: {s['images']} images, {len(data)} bytes = "
-                  f"{bits_per_dim(s['file_bits'], s['images'], s['size']):.4f} bits/dim (model: "
-                  f"{bits_per_dim(s['ideal_bits'], s['images'], s['size']):.4f}; header {s['header_bytes']} bytes), "
+                  f"{bits_per_dim(s['file_bits'], s['images'], s['size'], s['channels']):.4f} bits/dim (model: "
+                  f"{bits_per_dim(s['ideal_bits'], s['images'], s['size'], s['channels']):.4f}; "
+                  f"header {s['header_bytes']} bytes), "
                   f"{s['images'] / s['seconds']:.2f} images/s")
         elif args.command == "decode":
             data = Path(args.file).read_bytes()

@@ -78,7 +78,7 @@ def probe_sha256(model: torch.nn.Module) -> str:
     """`prc.digest` of the float64 probabilities the coder would get on the probe input, in walk order."""
     g = torch.Generator().manual_seed(PROBE_SEED)
     size = model.image_size
-    x = torch.randint(0, 256, (PROBE_IMAGES, 3, size, size), generator=g, dtype=torch.uint8)
+    x = torch.randint(0, model.levels, (PROBE_IMAGES, model.channels, size, size), generator=g, dtype=torch.uint8)
     targets, h, seen = model.walk_targets(x), hashlib.sha256(), [0]
 
     def choose(stage: int, c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
@@ -181,12 +181,13 @@ def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, nam
     compute = dict(compute_info(dtype, threads), probe_sha256=probe_sha256(model))
     header = {"format": "pixelrnn-prc", "coder": coder_info(), "compute": compute,
               "model": {"config": model.config, "weights_sha256": weights_sha, "checkpoint": checkpoint},
-              "images": {"count": n_img, "size": size, "channels": 3, "names": names},
+              "images": {"count": n_img, "size": size, "channels": model.channels, "names": names},
               "chunks": chunks}
     data = prc.pack(header, payloads)
     payload_bits = 8 * sum(len(p) for p in payloads)
     return data, {"ideal_bits": ideal, "payload_bits": payload_bits, "header_bytes": len(data) - payload_bits // 8,
-                  "file_bits": 8 * len(data), "seconds": seconds, "images": n_img, "size": size}
+                  "file_bits": 8 * len(data), "seconds": seconds, "images": n_img, "size": size,
+                  "channels": model.channels}
 
 
 def check_header(header: Dict, model_sha: str, name: str) -> None:
