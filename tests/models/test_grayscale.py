@@ -13,6 +13,7 @@ from helpers import ALL, ARCHS, changed_matrix, peaky, tiny
 from pipeline.models import make_config
 from pipeline.models.base import draw_uniforms, nats_per_image, pick, scale_input
 from pipeline.models.masks import mask_a, mask_b
+from pipeline.models.reference import use_reference
 
 CASES = [(1, 256), (1, 2)]  # (channels, levels): grayscale, binary
 IDS = ["gray256", "binary"]
@@ -133,3 +134,17 @@ def test_walk_refuses_images_with_other_channels():
     m = tiny("pixelcnn", channels=1)
     with pytest.raises(ValueError, match="3-channel images; the model has channels=1"):
         m.walk(torch.zeros(1, 3, 6, 6, dtype=torch.uint8), 0, lambda *a: None)
+
+
+@pytest.mark.parametrize("channels,levels", CASES, ids=IDS)
+@pytest.mark.parametrize("name", ["row_lstm", "diagonal_bilstm"])
+def test_scan_path_causal_and_equal_to_the_reference(name, channels, levels):
+    """The recurrent layers' scan (CUDA's default, forced here) on a grayscale model: exactly causal, and
+    its logits equal the reference path's in float64."""
+    m = tiny(name, channels=channels, levels=levels)
+    x = torch.stack([gray_image(levels, seed=s) for s in range(2)])
+    with torch.no_grad():
+        reference = m(x)
+        assert use_reference(m, "scan") == 2
+        torch.testing.assert_close(m(x), reference, rtol=0, atol=1e-12)
+    assert not changed_matrix(m, gray_image(levels), levels).tril().any()
