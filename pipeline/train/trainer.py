@@ -48,6 +48,18 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses; a final checkpoint was written."""
 
 
+def check_data_matches_model(model: Any, manifest: Dict[str, Any], root: str) -> None:
+    """Refuse, before DeepSpeed starts, a model whose `channels` or `levels` differ from the shards' (a
+    manifest without them holds 3-channel 256-level images), in one line naming both and the fix."""
+    # ShardSet.channels/.levels (issue 22's data half) read the same manifest keys with the same defaults.
+    data = {"channels": int(manifest.get("channels", 3)), "levels": int(manifest.get("levels", 256))}
+    what = {"channels": "{}-channel images", "levels": "images of {} levels"}
+    for key, value in data.items():
+        if getattr(model, key) != value:
+            raise ValueError(f"model.{key} is {getattr(model, key)} but the shards in {root} hold "
+                             f"{what[key].format(value)}: set model.{key}={value}")
+
+
 class StopRequested(Exception):
     """A signal (SLURM time-out or preemption) asked the run to stop; a checkpoint was written."""
 
@@ -152,6 +164,7 @@ class Trainer:
         size = cfg.model.image_size
         self.train_set = load_shard_set(cfg.data.root, size, cfg.data.train_split)
         self.val_set = load_shard_set(cfg.data.root, size, cfg.data.val_split)
+        check_data_matches_model(cfg.model, self.train_set.manifest, cfg.data.root)
         self.stream = TrainStream(self.train_set, cfg.train.micro_batch_size, cfg.train.seed, env.rank,
                                   env.world_size, cfg.data.num_workers, cfg.data.shuffle_buffer,
                                   cfg.data.on_corrupt)
@@ -365,7 +378,7 @@ class Trainer:
             images = model.sample(cfg.train.sample_every_eval, generator=torch.Generator().manual_seed(cfg.train.seed))
             if self.env.is_main:
                 path = self.run.sample_grid(self.state.step)
-                save_grid(images, path)
+                save_grid(images, path, levels=cfg.model.levels)
                 self.tracker.artifact(path, "samples")
         dist.barrier()
 
