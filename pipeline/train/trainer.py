@@ -28,6 +28,7 @@ from pipeline.data.plan import EvalPlan, plan_line
 from pipeline.data.shards import load_shard_set
 from pipeline.data.stream import TrainStream, to_device, train_loader
 from pipeline.fsutil import atomic_write_text
+from pipeline.models.base import nats_per_image
 from pipeline.run_dir import RunDir
 from pipeline.tracking.baselines import codec_baselines
 from pipeline.tracking.figures import save_grid
@@ -295,8 +296,12 @@ class Trainer:
         if cfg.train.sample_every_eval:
             self._sample_grid()
         self.engine.train()
-        self.tracker.metrics({"val_bits_per_dim": r["bits_per_dim"]}, self.state.step)
-        log.info("step %d: val %.4f bits/dim over %d images", self.state.step, r["bits_per_dim"], r["samples"])
+        # Always both units: bits/dim (CIFAR, ImageNet) and nats per image (binarized MNIST, Table 4).
+        m = cfg.model
+        nats = nats_per_image(r["bits_per_dim"], m.channels * m.image_size ** 2)
+        self.tracker.metrics({"val_bits_per_dim": r["bits_per_dim"], "val_nats_per_image": nats}, self.state.step)
+        log.info("step %d: val %.4f bits/dim (%.2f nats/image) over %d images", self.state.step, r["bits_per_dim"],
+                 nats, r["samples"])
         return r["bits_per_dim"]
 
     def save(self) -> str:
