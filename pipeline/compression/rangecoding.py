@@ -4,8 +4,8 @@ Both directions run the model's one exact incremental pass (`walk`, one protocol
 `pipeline.models`) over the whole batch: one network step per sub-pixel for all B images at once. At
 every sub-pixel the logits [B, levels] (256; 2 for a binary model) become float64 probabilities
 (`probabilities`), which constriction quantises to 24-bit fixed point and range-codes
-(`queue.RangeEncoder` / `RangeDecoder`, one stream per batch, symbols in walk order: raster order, R, G, B within a pixel, image by image within a step). The
-encoder's `choose` returns the known values (`model.walk_targets(x)[stage]`: the multi-scale model's
+(`queue.RangeEncoder` / `RangeDecoder`, one stream per batch, symbols in walk order: raster order, R, G, B
+within a pixel, image by image within a step). The encoder's `choose` returns the known values (`model.walk_targets(x)[stage]`: the multi-scale model's
 walk codes the small image first, then the large one given it, Section 3.5); the decoder's decodes
 them from the stream. Same batch, same code path, same dtype and thread count on both sides give
 bit-identical probabilities, so the decoder reproduces the encoder's quantised models exactly (the
