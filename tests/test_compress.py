@@ -65,6 +65,50 @@ def test_round_trip_is_exact(tmp_path, name, kw):
     assert abs(forward_bits - stats["ideal_bits"]) < 1e-3 * stats["ideal_bits"]
 
 
+# Issue 22: a grayscale and a binary model (MNIST-style), for a recurrent and the multi-scale model.
+GRAY = [(name, levels) for name in ("diagonal_bilstm", "multiscale") for levels in (256, 2)]
+
+
+@pytest.mark.parametrize("name,levels", GRAY, ids=[f"{n}-{lv}" for n, lv in GRAY])
+def test_round_trip_of_one_channel_and_binary_images_is_exact(tmp_path, name, levels):
+    """The coder takes `levels` symbols per sub-pixel, one channel per pixel; the header says 1 channel."""
+    ckpt = export(tmp_path / "model.pt", name, channels=1, levels=levels, **({"base": "row_lstm"}
+                                                                              if name == "multiscale" else {}))
+    x = images(5)[:, :1] // (256 // levels)  # 0..levels-1
+    assert len(x.unique()) == levels or levels == 256
+    data, stats = encode(ckpt, x)
+    y, _, _ = decode_file(data, ckpt, progress=False)
+    assert y.shape == (5, 1, SIZE, SIZE) and torch.equal(x, y)
+    header, _, _ = prc.unpack(data)
+    assert header["images"]["channels"] == 1 and header["model"]["config"]["levels"] == levels
+    model, _ = load_model(ckpt)
+    forward_bits = (model.bits_per_dim(x).double() * SIZE * SIZE).sum().item()
+    assert abs(forward_bits - stats["ideal_bits"]) < 1e-3 * stats["ideal_bits"]
+
+
+def test_cli_round_trip_of_binary_grayscale_pngs_and_off_grid_values_refused(tmp_path, capsys):
+    """A binary model reads mode-L PNGs of 0/255 (as the shards store them), decodes them to the same PNGs,
+    and refuses a gray value that is neither (it has no exact 2-level form)."""
+    ckpt = export(tmp_path / "model.pt", channels=1, levels=2)
+    x = (images(3, seed=4)[:, 0] >= 128).to(torch.uint8) * 255
+    paths = []
+    for k, img in enumerate(x.numpy()):
+        paths.append(str(tmp_path / f"digit{k}.png"))
+        Image.fromarray(img, "L").save(paths[-1])
+    out = tmp_path / "b.prc"
+    assert main(["encode", "--checkpoint", ckpt, "--out", str(out), "--no-progress", *paths]) == 0
+    assert prc.unpack(out.read_bytes())[0]["images"]["channels"] == 1
+    assert main(["decode", str(out), "--out-dir", str(tmp_path / "dec"), "--no-progress"]) == 0
+    for k, p in enumerate(paths):
+        decoded = Image.open(tmp_path / "dec" / f"digit{k}.png")
+        assert decoded.mode == "L" and np.array_equal(np.asarray(decoded), np.asarray(Image.open(p)))
+    Image.fromarray(np.full((SIZE, SIZE), 128, dtype=np.uint8), "L").save(tmp_path / "gray.png")
+    capsys.readouterr()
+    assert main(["encode", "--checkpoint", ckpt, "--out", str(tmp_path / "c.prc"), "--no-progress",
+                 str(tmp_path / "gray.png")]) != 0
+    assert "not multiples of 255" in capsys.readouterr().err and not (tmp_path / "c.prc").exists()
+
+
 def test_file_size_is_bits_per_dim_plus_stated_overhead(tmp_path):
     """total file bits <= 1.01 x (sum of -log2 p over every sub-pixel) + header bytes x 8."""
     ckpt = export(tmp_path / "model.pt", "row_lstm")

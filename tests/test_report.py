@@ -143,7 +143,7 @@ def fake_store(tmp_path_factory) -> Path:
 def test_benchmarks_file_holds_the_published_numbers_with_sources():
     data = yaml.safe_load((REPO / "configs" / "benchmarks.yaml").read_text())
     b, sources = data["benchmarks"], data["sources"]
-    got = {(name, r["label"].split(" (")[0], r["source"]): r["test_bits_per_dim"]
+    got = {(name, r["label"].split(" (")[0], r["source"]): r.get("test_bits_per_dim", r.get("test_nats_per_image"))
            for name, bench in b.items() for r in bench["results"]}
     assert got == {
         ("cifar10", "PixelCNN", "pixelrnn"): 3.14, ("cifar10", "Row LSTM", "pixelrnn"): 3.07,
@@ -154,7 +154,12 @@ def test_benchmarks_file_holds_the_published_numbers_with_sources():
         ("imagenet32", "PixelSNAIL", "pixelsnail"): 3.80,
         ("imagenet64", "Row LSTM", "pixelrnn"): 3.63, ("imagenet64", "Gated PixelCNN", "gated_pixelcnn"): 3.57,
         ("imagenet64", "PixelSNAIL", "pixelsnail"): 3.52,
-        ("imagenet64", "Sparse Transformer", "sparse_transformer"): 3.44}
+        ("imagenet64", "Sparse Transformer", "sparse_transformer"): 3.44,
+        # the paper's Table 4, in nats per image (issue 22)
+        ("binarized_mnist", "Diagonal BiLSTM", "pixelrnn"): 80.75, ("binarized_mnist", "DRAW", "pixelrnn"): 80.97,
+        ("binarized_mnist", "EoNADE", "pixelrnn"): 85.10, ("binarized_mnist", "MADE", "pixelrnn"): 86.64}
+    assert [r["test_nats_per_image"] for r in b["binarized_mnist"]["results"][:2]] == [79.20, 80.75]
+    assert b["binarized_mnist"]["unit"] == "nats_per_image"
     assert "1601.06759" in sources["pixelrnn"]["url"]
     assert all(s in sources for bench in b.values() for s in (r["source"] for r in bench["results"]))
     for name in ("imagenet32", "imagenet64"):
@@ -202,6 +207,30 @@ def test_runs_on_different_data_are_not_ranked_together(fake_store, tmp_path, ca
     for g in chrab:  # against the published (original-downsampling) numbers: flagged
         assert "not strictly comparable" in g and "+0.0" in g and " †" in g
     assert "| 3.86 (pixelrnn) | +0.020 |" in orig[0] and "†" not in orig[0]
+
+
+def test_binarized_mnist_is_compared_in_nats_per_image(tmp_path, capsys):
+    """Its benchmark's unit is nats/image: the table and the gaps use the runs' val_nats_per_image."""
+    import math
+
+    from mlflow.entities import Metric
+    db = tmp_path / "mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=_uri(db))
+    exp = client.create_experiment("binarized_mnist", artifact_location=(tmp_path / "art").as_uri())
+    rid = _log_run(client, exp, "diagonal_bilstm-7x16-28px", "diagonal_bilstm", [0.16, 0.15],
+                   "binarized-mnist-larochelle-murray", "e", size=28)
+    client.log_batch(rid, metrics=[Metric("val_nats_per_image", v * 784 * math.log(2), 0, 1000 * i)
+                                   for i, v in enumerate([0.16, 0.15], 1)])
+    out = tmp_path / "mnist.md"
+    code, msg = _run_report(["--experiment", "binarized_mnist", "--tracking-uri", _uri(db), "--out", str(out),
+                             "--no-log-run"], capsys)
+    assert code == 0, msg
+    text = out.read_text()
+    nats = 0.15 * 784 * math.log(2)  # 81.51
+    assert f"| 1 | diagonal_bilstm | diagonal_bilstm-7x16-28px | {nats:.4f} | 0.1000 | 2000 |" in text
+    assert f"79.20 (pixelrnn); 80.75 (pixelrnn) | {nats - 79.20:+.3f}; {nats - 80.75:+.3f} |" in text
+    assert f"| MADE (Table 4) | 86.64 | pixelrnn | {nats - 86.64:+.3f} |" in text
+    assert "val nats/image" in text and "test nats/image" in text and "†" not in text
 
 
 def test_no_runs_says_so_and_writes_nothing(fake_store, tmp_path, capsys):

@@ -56,18 +56,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.batch_size < 1 or args.threads < 1:
                 raise CompressError("--batch-size and --threads must be at least 1")
             model, sha = load_model(args.checkpoint, args.dtype)
-            x, names = read_images(args.images, model.image_size, args.convert)
+            x, names = read_images(args.images, model.image_size, args.convert, model.channels, model.levels)
             data, s = encode_images(model, sha, x, names, str(Path(args.checkpoint).resolve()), args.batch_size,
                                     args.dtype, args.threads, not args.no_progress)
             atomic_write_bytes(args.out, data)
             print(f"wrote {args.out}: {s['images']} images, {len(data)} bytes = "
-                  f"{bits_per_dim(s['file_bits'], s['images'], s['size']):.4f} bits/dim (model: "
-                  f"{bits_per_dim(s['ideal_bits'], s['images'], s['size']):.4f}; header {s['header_bytes']} bytes), "
+                  f"{bits_per_dim(s['file_bits'], s['images'], s['size'], s['channels']):.4f} bits/dim (model: "
+                  f"{bits_per_dim(s['ideal_bits'], s['images'], s['size'], s['channels']):.4f}; "
+                  f"header {s['header_bytes']} bytes), "
                   f"{s['images'] / s['seconds']:.2f} images/s")
         elif args.command == "decode":
             data = Path(args.file).read_bytes()
             x, names, s = decode_file(data, args.checkpoint, args.file, not args.no_progress)
-            write_pngs(x, names, Path(args.out_dir))
+            write_pngs(x, names, Path(args.out_dir), s["levels"])
             print(f"decoded {len(names)} images into {args.out_dir} (pixel checksums verified), "
                   f"{len(names) / s['seconds']:.2f} images/s")
         else:

@@ -78,7 +78,7 @@ def probe_sha256(model: torch.nn.Module) -> str:
     """`prc.digest` of the float64 probabilities the coder would get on the probe input, in walk order."""
     g = torch.Generator().manual_seed(PROBE_SEED)
     size = model.image_size
-    x = torch.randint(0, 256, (PROBE_IMAGES, 3, size, size), generator=g, dtype=torch.uint8)
+    x = torch.randint(0, model.levels, (PROBE_IMAGES, model.channels, size, size), generator=g, dtype=torch.uint8)
     targets, h, seen = model.walk_targets(x), hashlib.sha256(), [0]
 
     def choose(stage: int, c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
@@ -117,15 +117,32 @@ def check_probe(header: Dict, model: torch.nn.Module, name: str) -> None:
                        f"{recorded['threads']} thread(s); {why}. Decode on a machine like the encoder's")
 
 
-def read_images(paths: Sequence[str], size: int, convert: bool = False) -> Tuple[torch.Tensor, List[str]]:
-    """uint8 [N, 3, size, size] and unique names; refuses other sizes, and other modes unless `convert`."""
+def _gray_levels(path: str, im: Image.Image, levels: int) -> np.ndarray:
+    """A grayscale PNG (mode L, or 1 for a binary model) -> values 0..levels-1, as the shards store them
+    (v * (255 // (levels - 1))); a value off that grid has no exact form and is refused."""
+    if im.mode not in ("L", "1"):
+        raise CompressError(f"{path} is {im.mode}, not L (grayscale): refused, the model codes 1-channel images")
+    arr = np.asarray(im.convert("L"))
+    step = 255 // (levels - 1)
+    if (arr % step).any() or arr.max() // step >= levels:
+        raise CompressError(f"{path} holds gray values that are not multiples of {step}: refused, a {levels}-level "
+                            f"model codes only 0, {step}, ..., {step * (levels - 1)}")
+    return (arr // step)[:, :, None]
+
+
+def read_images(paths: Sequence[str], size: int, convert: bool = False, channels: int = 3,
+                levels: int = 256) -> Tuple[torch.Tensor, List[str]]:
+    """uint8 [N, C, size, size] and unique names; refuses other sizes, and other modes unless `convert`
+    (RGB models); a 1-channel model reads grayscale PNGs of its `levels` (`_gray_levels`)."""
     images, names, seen = [], [], set()
     for path in paths:
         try:
             with Image.open(path) as im:
                 im.load()
                 mode, img = im.mode, im
-                if mode != "RGB":
+                if channels == 1:
+                    arr = _gray_levels(path, im, levels)
+                elif mode != "RGB":
                     if not convert or mode not in CONVERTIBLE:
                         how = (f"--convert maps {mode} to RGB" if mode in CONVERTIBLE else
                                f"{mode} has no exact 8-bit RGB form")
@@ -134,7 +151,8 @@ def read_images(paths: Sequence[str], size: int, convert: bool = False) -> Tuple
                           + (" (alpha dropped)" if "A" in mode else "") + "; the decoded image is the RGB one",
                           file=sys.stderr)
                     img = im.convert("RGB")
-                arr = np.asarray(img)
+                if channels == 3:
+                    arr = np.asarray(img)
         except OSError as e:
             raise CompressError(f"cannot read {path} as an image: {e}") from None
         if arr.shape[:2] != (size, size):
@@ -181,12 +199,13 @@ def encode_images(model: torch.nn.Module, weights_sha: str, x: torch.Tensor, nam
     compute = dict(compute_info(dtype, threads), probe_sha256=probe_sha256(model))
     header = {"format": "pixelrnn-prc", "coder": coder_info(), "compute": compute,
               "model": {"config": model.config, "weights_sha256": weights_sha, "checkpoint": checkpoint},
-              "images": {"count": n_img, "size": size, "channels": 3, "names": names},
+              "images": {"count": n_img, "size": size, "channels": model.channels, "names": names},
               "chunks": chunks}
     data = prc.pack(header, payloads)
     payload_bits = 8 * sum(len(p) for p in payloads)
     return data, {"ideal_bits": ideal, "payload_bits": payload_bits, "header_bytes": len(data) - payload_bits // 8,
-                  "file_bits": 8 * len(data), "seconds": seconds, "images": n_img, "size": size}
+                  "file_bits": 8 * len(data), "seconds": seconds, "images": n_img, "size": size,
+                  "channels": model.channels}
 
 
 def check_header(header: Dict, model_sha: str, name: str) -> None:
@@ -248,15 +267,20 @@ def decode_file(data: bytes, checkpoint: Optional[str] = None, name: str = "file
                                    f"thread(s)); nothing was written")
             out.append(x)
     seconds = time.perf_counter() - t0
-    return torch.cat(out), list(names), {"seconds": seconds}
+    return torch.cat(out), list(names), {"seconds": seconds, "levels": model.levels}
 
 
-def write_pngs(x: torch.Tensor, names: List[str], out_dir: Path) -> List[Path]:
-    """Each image as <out_dir>/<name>.png, written atomically."""
+def write_pngs(x: torch.Tensor, names: List[str], out_dir: Path, levels: int = 256) -> List[Path]:
+    """Each image as <out_dir>/<name>.png, written atomically: RGB, or for 1 channel a grayscale PNG of
+    v * (255 // (levels - 1)) (what `read_images` reads back)."""
     paths = []
+    gray = x.shape[1] == 1
     for img, name in zip(x.permute(0, 2, 3, 1).numpy(), names):
         buf = io.BytesIO()
-        Image.fromarray(img, "RGB").save(buf, format="PNG")
+        if gray:
+            Image.fromarray(img[:, :, 0] * np.uint8(255 // (levels - 1)), "L").save(buf, format="PNG")
+        else:
+            Image.fromarray(img, "RGB").save(buf, format="PNG")
         atomic_write_bytes(out_dir / f"{name}.png", buf.getvalue())
         paths.append(out_dir / f"{name}.png")
     return paths

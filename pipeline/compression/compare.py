@@ -51,9 +51,10 @@ def compare(checkpoint: str, root: str, split: str = "val", batch_size: int = 64
     if webp_available():
         rows.append(("WebP lossless (Pillow, method 6)", codecs["webp"]))
     rows += [(f".prc file, this coder ({n} images in one file, header included)",
-              bits_per_dim(enc["file_bits"], n, size)),
-             ("range-coded payload alone", bits_per_dim(enc["payload_bits"], n, size)),
-             ("model: sum of -log2 p (incremental pass, float32)", bits_per_dim(enc["ideal_bits"], n, size)),
+              bits_per_dim(enc["file_bits"], n, size, model.channels)),
+             ("range-coded payload alone", bits_per_dim(enc["payload_bits"], n, size, model.channels)),
+             ("model: sum of -log2 p (incremental pass, float32)",
+              bits_per_dim(enc["ideal_bits"], n, size, model.channels)),
              ("model: bits/dim of the whole-image forward (as validation)", forward)]
     lines = [f"{split} split of {root}: {n} images {size}x{size}, model {model.config['name']} "
              f"({checkpoint})", "", "| codec | bits/dim | vs PNG |", "|---|---|---|"]

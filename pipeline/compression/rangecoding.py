@@ -1,11 +1,11 @@
-"""Lossless coding of image batches with a trained model's 256-way softmax and a range coder.
+"""Lossless coding of image batches with a trained model's `levels`-way softmax and a range coder.
 
 Both directions run the model's one exact incremental pass (`walk`, one protocol for every model of
 `pipeline.models`) over the whole batch: one network step per sub-pixel for all B images at once. At
-every sub-pixel the logits [B, 256] become float64 probabilities (`probabilities`), which constriction
-quantises to 24-bit fixed point and range-codes (`queue.RangeEncoder` / `RangeDecoder`, one stream per
-batch, symbols in walk order: raster order, R, G, B within a pixel, image by image within a step). The
-encoder's `choose` returns the known values (`model.walk_targets(x)[stage]`: the multi-scale model's
+every sub-pixel the logits [B, levels] (256; 2 for a binary model) become float64 probabilities
+(`probabilities`), which constriction quantises to 24-bit fixed point and range-codes
+(`queue.RangeEncoder` / `RangeDecoder`, one stream per batch, symbols in walk order: raster order, R, G, B
+within a pixel, image by image within a step). The encoder's `choose` returns the known values (`model.walk_targets(x)[stage]`: the multi-scale model's
 walk codes the small image first, then the large one given it, Section 3.5); the decoder's decodes
 them from the stream. Same batch, same code path, same dtype and thread count on both sides give
 bit-identical probabilities, so the decoder reproduces the encoder's quantised models exactly (the
@@ -45,20 +45,20 @@ def _family():
 
 
 def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Logits [B, 256] (any float dtype) -> float64 probabilities [B, 256], C-contiguous."""
+    """Logits [B, levels] (any float dtype) -> float64 probabilities [B, levels], C-contiguous."""
     return np.ascontiguousarray(torch.softmax(logits.double(), dim=-1).cpu().numpy())
 
 
 def _walk(model: torch.nn.Module, n: int, choose: Chooser, on_row: Optional[Callable[[int], None]]) -> torch.Tensor:
-    """n images (uint8 [n, 3, size, size]) from the model's walk from row 0: `choose` gives every value."""
-    x = torch.zeros(n, 3, model.image_size, model.image_size, dtype=torch.uint8)
+    """n images (uint8 [n, C, size, size]) from the model's walk from row 0: `choose` gives every value."""
+    x = torch.zeros(n, model.channels, model.image_size, model.image_size, dtype=torch.uint8)
     return model.walk(x, 0, choose, on_row=on_row)
 
 
 @torch.no_grad()
 def encode_batch(model: torch.nn.Module, x: torch.Tensor,
                  on_row: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, float]:
-    """Range-code uint8 images [B, 3, n, n] -> (uint32 words, sum of -log2 p over every sub-pixel).
+    """Range-code uint8 images [B, C, n, n] -> (uint32 words, sum of -log2 p over every sub-pixel).
 
     The second value is the ideal code length under the same float64 probabilities the coder was
     given: what the file's payload is compared with (`pipeline.compression` reports both)."""
@@ -83,7 +83,7 @@ def encode_batch(model: torch.nn.Module, x: torch.Tensor,
 @torch.no_grad()
 def decode_batch(model: torch.nn.Module, words: np.ndarray, n: int,
                  on_row: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-    """Decode n images (uint8 [n, 3, size, size]) from the words `encode_batch` returned."""
+    """Decode n images (uint8 [n, C, size, size]) from the words `encode_batch` returned."""
     decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
     family = _family()
 
@@ -93,6 +93,6 @@ def decode_batch(model: torch.nn.Module, words: np.ndarray, n: int,
     return _walk(model, n, choose, on_row)
 
 
-def bits_per_dim(bits: float, images: int, size: int) -> float:
-    """Code length in bits -> bits per sub-pixel of `images` size x size RGB images."""
-    return bits / (images * 3 * size * size) if images else math.nan
+def bits_per_dim(bits: float, images: int, size: int, channels: int = 3) -> float:
+    """Code length in bits -> bits per sub-pixel of `images` size x size images of `channels` channels."""
+    return bits / (images * channels * size * size) if images else math.nan

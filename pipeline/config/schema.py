@@ -130,6 +130,6 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.compile": ("none", "cell", "layer"),
     "data.on_corrupt": ("error", "skip"),
-    "data.prepare": ("none", "synthetic", "photos"),
+    "data.prepare": ("none", "synthetic", "photos", "fashion_mnist", "fashion_mnist_binarized"),
     "kind": ("train", "preprocess"),  # preprocess: a launcher-only experiment (slurm/config.py), never trained
 }

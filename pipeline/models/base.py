@@ -1,14 +1,15 @@
 """Shared pieces of every PixelRNN-family model (van den Oord et al. 2016, arXiv 1601.06759).
 
 `PixelRNNBase` owns what all architectures share: the 7x7 mask-A input layer, the output
-head (two ReLU + 1x1 mask-B layers, then 3 x 256 logits, Section 3.4 / Table 4), the
+head (two ReLU + 1x1 mask-B layers, then channels x levels logits: 3 x 256 for RGB, Section 3.4 /
+Table 4; 1 x 256 or 1 x 2 for grayscale or binary MNIST-style images, the same softmax), the
 discrete NLL in bits per sub-pixel, and both samplers:
 
-* plain: re-runs the whole network once per sub-pixel (3 n^2 forward passes);
+* plain: re-runs the whole network once per sub-pixel (channels * n^2 forward passes);
 * incremental (default): every layer keeps a cache of its maps/states, and producing one
   more sub-pixel runs each layer at that single pixel only (see each layer's `step`).
 
-Both samplers draw ALL uniforms up front ([N, 3, H, W], float64, one `torch.rand` call) and
+Both samplers draw ALL uniforms up front ([N, channels, H, W], float64, one `torch.rand` call) and
 pick a value by inverse CDF over float64 probabilities, so for the same generator they
 consume it identically and return identical images (up to float rounding ties).
 
@@ -39,7 +40,7 @@ from .configs import ModelConfig
 from .masks import MaskedConv2d, color_groups, mask_b
 
 LOG2 = math.log(2.0)
-# walk()'s callback: (stage, colour, row, column, logits [B, 256]) -> values [B] (long, 0..255)
+# walk()'s callback: (stage, colour, row, column, logits [B, levels]) -> values [B] (long, 0..levels-1)
 Chooser = Callable[[int, int, int, int, torch.Tensor], torch.Tensor]
 
 
@@ -84,31 +85,41 @@ def compile_layers(model: nn.Module) -> int:
     return len(layers)
 
 
-def scale_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Integer pixels 0..255 -> [-1, 1] in `dtype` (the paper only scales/centres inputs)."""
+def scale_input(x: torch.Tensor, dtype: torch.dtype, levels: int = 256) -> torch.Tensor:
+    """Integer pixels 0..levels-1 -> [-1, 1] in `dtype` (the paper only scales/centres inputs).
+
+    The result has the plain NCHW strides: a 1-channel batch is also "channels last" by its strides, and
+    torch's channels-last conv path rounds an output pixel differently when masked-out inputs change,
+    which breaks the exact causality (and walk == forward) of the grayscale models."""
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    return (x.to(work) * (2.0 / 255.0) - 1.0).to(dtype)
+    return (x.to(work, memory_format=torch.contiguous_format) * (2.0 / (levels - 1)) - 1.0).to(dtype)
 
 
 def nll_bits(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Total NLL in bits per image [B] of integer image x [B, 3, H, W] under logits [B, 256, 3, H, W].
+    """Total NLL in bits per image [B] of integer image x [B, C, H, W] under logits [B, levels, C, H, W].
 
     Computed in float32 (float64 if the logits are float64) whatever the model dtype.
     """
     work = torch.promote_types(logits.dtype, torch.float32)
-    nats = F.cross_entropy(logits.to(work), x.long(), reduction="none")  # [B, 3, H, W]
+    nats = F.cross_entropy(logits.to(work), x.long(), reduction="none")  # [B, C, H, W]
     return nats.flatten(1).sum(1) / LOG2
 
 
+def nats_per_image(bits_per_dim: Union[float, torch.Tensor], dims: int) -> Union[float, torch.Tensor]:
+    """Bits per sub-pixel -> NLL in nats per image of `dims` sub-pixels (C * H * W): the unit of the
+    paper's binarized-MNIST results (Table 4), bits/dim * dims * ln 2."""
+    return bits_per_dim * dims * LOG2
+
+
 def pick(logits: torch.Tensor, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Inverse-CDF draw from logits [B, 256] with uniforms u [B] in [0, 1).
+    """Inverse-CDF draw from logits [B, levels] with uniforms u [B] in [0, 1).
 
     Returns (values [B] long, log-probabilities [B] float64 in nats). Probabilities are
     cumsummed in float64 so that both samplers map the same uniform to the same value.
     """
     logp = torch.log_softmax(logits.double(), dim=-1)
     cdf = logp.exp().cumsum(-1)
-    v = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1).clamp_(max=255)
+    v = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
     return v, logp.gather(1, v[:, None]).squeeze(1)
 
 
@@ -124,9 +135,9 @@ class SkipConnections(nn.Module):
     i.e. exactly the fixed sum with weight 1 that the models used before, which training then adapts.
     """
 
-    def __init__(self, layers: int, channels: int):
+    def __init__(self, layers: int, channels: int, colours: int = 3):
         super().__init__()
-        groups = color_groups(channels)
+        groups = color_groups(channels, colours)
         self.weight = nn.Parameter(torch.eye(channels).repeat(1, layers))  # [C, L*C]
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("mask", mask_b(channels, layers * channels, 1, 1, groups, groups.repeat(layers))
@@ -160,15 +171,17 @@ class PixelRNNBase(nn.Module):
         super().__init__()
         cfg.check()
         self.image_size, self.hidden, self.skip = cfg.image_size, cfg.hidden, cfg.skip
+        self.channels, self.levels = cfg.channels, cfg.levels
         # build_model(**model.config) rebuilds the architecture; checkpoints store this dict.
         self.config: Dict[str, Any] = dataclasses.asdict(cfg)
         h2, out_maps = 2 * cfg.hidden, cfg.out_maps
-        # Section 3.4: only the first layer uses mask A (3 input channels = R, G, B groups).
-        self.input_conv = MaskedConv2d(3, h2, input_kernel, "A")
-        logit_groups = torch.arange(3 * 256) // 256  # logits are colour-major: [R x256, G x256, B x256]
+        c, n = cfg.channels, cfg.levels
+        # Section 3.4: only the first layer uses mask A (3 input channels = R, G, B groups; 1 = one group).
+        self.input_conv = MaskedConv2d(c, h2, input_kernel, "A", colours=c)
+        logit_groups = torch.arange(c * n) // n  # logits are colour-major: [R x levels, G x levels, B x levels]
         self.output = nn.Sequential(
-            nn.ReLU(), MaskedConv2d(h2, out_maps, 1, "B"),
-            nn.ReLU(), MaskedConv2d(out_maps, 3 * 256, 1, "B", out_groups=logit_groups),
+            nn.ReLU(), MaskedConv2d(h2, out_maps, 1, "B", colours=c),
+            nn.ReLU(), MaskedConv2d(out_maps, c * n, 1, "B", out_groups=logit_groups, colours=c),
         )
         self.layers = nn.ModuleList()
         self.skip_connections: Optional[SkipConnections] = None
@@ -176,7 +189,8 @@ class PixelRNNBase(nn.Module):
     def set_layers(self, layers: Iterable[nn.Module]) -> None:
         """Install the layer stack (and, with `skip`, its learnable skip connections to the output)."""
         self.layers = nn.ModuleList(layers)
-        self.skip_connections = SkipConnections(len(self.layers), 2 * self.hidden) if self.skip else None
+        self.skip_connections = (SkipConnections(len(self.layers), 2 * self.hidden, self.channels)
+                                 if self.skip else None)
 
     # ------------------------------------------------------------------ training
     @property
@@ -184,8 +198,8 @@ class PixelRNNBase(nn.Module):
         return self.input_conv.weight.dtype
 
     def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Integer images [B, 3, H, W] -> logits [B, 256, 3, H, W] (cond: [B, c, H, W] or None)."""
-        v = self.input_conv(scale_input(x, self.param_dtype))
+        """Integer images [B, C, H, W] -> logits [B, levels, C, H, W] (cond: [B, c, H, W] or None)."""
+        v = self.input_conv(scale_input(x, self.param_dtype, self.levels))
         outs = []
         for layer in self.layers:
             v = layer(v, cond)
@@ -193,7 +207,7 @@ class PixelRNNBase(nn.Module):
         # Section 3.4: learnable skip connections from every layer to the output
         logits = self.output(self.skip_connections(outs) if self.skip else v)
         b, _, hh, ww = logits.shape
-        return logits.view(b, 3, 256, hh, ww).transpose(1, 2)
+        return logits.view(b, self.channels, self.levels, hh, ww).transpose(1, 2)
 
     def bits_per_dim(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Discrete NLL in bits per sub-pixel, [B] (float32; float64 for a float64 model)."""
@@ -203,8 +217,8 @@ class PixelRNNBase(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None, incremental: bool = True,
                return_logprob: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """n images, uint8 [n, 3, H, W]; with return_logprob also their NLL in bits/dim [n] (float64)."""
-        x = torch.zeros(n, 3, self.image_size, self.image_size, dtype=torch.uint8,
+        """n images, uint8 [n, C, H, W]; with return_logprob also their NLL in bits/dim [n] (float64)."""
+        x = torch.zeros(n, self.channels, self.image_size, self.image_size, dtype=torch.uint8,
                         device=self.input_conv.weight.device)
         return self.complete(x, 0, generator, incremental, return_logprob)
 
@@ -226,7 +240,7 @@ class PixelRNNBase(nn.Module):
         bits = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for i in range(start, x.shape[2]):
             for j in range(x.shape[3]):
-                for c in range(3):
+                for c in range(x.shape[1]):
                     logits = self(x, cond)[:, :, c, i, j]
                     v, logp = pick(logits, u[:, c, i, j])
                     x[:, c, i, j] = v.to(torch.uint8)
@@ -258,9 +272,9 @@ class PixelRNNBase(nn.Module):
              on_row: Optional[Callable[[int], None]] = None, stage: int = 0) -> torch.Tensor:
         """The exact incremental pass: per sub-pixel, every layer runs at the current pixel only.
 
-        Rows [0, start) of x (uint8 [B, 3, H, W], changed in place) are known; for every later
+        Rows [0, start) of x (uint8 [B, C, H, W], changed in place) are known; for every later
         sub-pixel, in raster order and R, G, B within a pixel, `choose(stage, c, i, j, logits)` gets
-        that sub-pixel's logits [B, 256] (model dtype) and returns its values [B] (long, 0..255), which
+        that sub-pixel's logits [B, levels] (model dtype) and returns its values [B] (long), which
         are written into x and fed to the next steps. The rows >= start are zeroed first, so the pass
         never depends on what they held: sampling, encoding (choose returns the known values,
         `walk_targets(x)[stage][:, c, i, j]`) and decoding (choose reads them from the coder) run the
@@ -272,14 +286,16 @@ class PixelRNNBase(nn.Module):
         c is right once colours < c are filled) and once more after its last colour to commit the
         final states; known rows are run once per pixel.
         """
-        b, _, hh, ww = x.shape
+        b, nc, hh, ww = x.shape
+        if nc != self.channels:
+            raise ValueError(f"walk got {nc}-channel images; the model has channels={self.channels}")
         x[:, :, start:] = 0
-        dt = self.param_dtype
+        dt, levels = self.param_dtype, self.levels
         k = self.input_conv.kernel_size[0]
         p = k // 2
         # Padded, scaled input; the mask-A kernel only reads rows i-p..i of it.
-        xin = torch.zeros(b, 3, hh + p, ww + 2 * p, dtype=dt, device=x.device)
-        xin[:, :, p:, p:p + ww] = scale_input(x, dt)
+        xin = torch.zeros(b, nc, hh + p, ww + 2 * p, dtype=dt, device=x.device)
+        xin[:, :, p:, p:p + ww] = scale_input(x, dt, levels)
         w_in = self.input_conv.masked_weight()[:, :, : p + 1].flatten(1)
         conv1, conv2 = self.output[1], self.output[3]
         w1, w2 = conv1.masked_weight().flatten(1), conv2.masked_weight().flatten(1)
@@ -300,12 +316,12 @@ class PixelRNNBase(nn.Module):
         for i in range(hh):
             for j in range(ww):
                 if i >= start:
-                    for c in range(3):
+                    for c in range(nc):
                         hid = F.relu(F.linear(F.relu(run_pixel(i, j)), w1, conv1.bias))
-                        rows = slice(256 * c, 256 * (c + 1))  # only colour c's logits are needed
+                        rows = slice(levels * c, levels * (c + 1))  # only colour c's logits are needed
                         v = choose(stage, c, i, j, F.linear(hid, w2[rows], conv2.bias[rows]))
                         x[:, c, i, j] = v.to(torch.uint8)
-                        xin[:, c, i + p, j + p] = scale_input(v, dt)
+                        xin[:, c, i + p, j + p] = scale_input(v, dt, levels)
                 run_pixel(i, j, head=False)  # commit the states of the finished pixel
             for layer, cache in zip(self.layers, caches):
                 layer.end_row(cache, i)
@@ -322,9 +338,9 @@ class LayerCacheMixin:
         return None
 
 
-def gate_groups(hidden: int, gates: int) -> torch.Tensor:
+def gate_groups(hidden: int, gates: int, colours: int = 3) -> torch.Tensor:
     """Colour groups of a stack of `gates` blocks of `hidden` maps: block channel k has hidden k's group."""
-    return color_groups(hidden).repeat(gates)
+    return color_groups(hidden, colours).repeat(gates)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -32,12 +32,18 @@ class ModelConfig:
     out_maps: int = 1024     # the output head's hidden 1x1 layer (Section 3.4)
     residual: bool = True    # residual connections around each layer (Section 3.4)
     skip: bool = True        # skip connections from every layer to the output (Section 3.4)
+    channels: int = 3        # 3: R, G, B colour groups (Section 3.4); 1: grayscale, one group (MNIST)
+    levels: int = 256        # values per sub-pixel, a levels-way softmax (Section 5.1); 2: binary images
 
     def check(self) -> None:
         """Raise ValueError naming the field if the values cannot build a model."""
         for key in ("image_size", "layers", "hidden", "out_maps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"'model.{key}' must be at least 1, got {getattr(self, key)}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"'model.channels' must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if not 2 <= self.levels <= 256:
+            raise ValueError(f"'model.levels' must be in 2..256 (values of one sub-pixel), got {self.levels}")
 
 
 def _check_kernel(kernel: int) -> None:
@@ -104,7 +110,8 @@ class MultiScaleConfig(ModelConfig):
         """The config of one of the two base models."""
         cls = ARCHITECTURES[self.base].config
         names = {f.name for f in dataclasses.fields(cls)}
-        shared = {k: getattr(self, k) for k in ("layers", "hidden", "out_maps", "residual", "skip", "kernel")
+        shared = {k: getattr(self, k) for k in ("layers", "hidden", "out_maps", "residual", "skip", "kernel",
+                                                        "channels", "levels")
                   if k in names}
         return cls(image_size=image_size, cond_maps=cond_maps, **shared)
 

@@ -62,21 +62,21 @@ def _frozen(hidden: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
 class DiagonalBiLSTMLayer(nn.Module):
     """Both directions of one Diagonal BiLSTM layer, residual 1x1 (h -> 2h), learned initial state."""
 
-    def __init__(self, hidden: int, residual: bool = True, cond_maps: int = 0):
+    def __init__(self, hidden: int, residual: bool = True, cond_maps: int = 0, colours: int = 3):
         super().__init__()
         h = hidden
         self.hidden, self.residual = h, residual
         # One 1x1 mask-B conv gives both directions' [o, f, i, g] (8h maps). A 1x1 conv commutes
         # with mirroring, so the right-to-left half is computed on the unmirrored input. The
         # layer works pixel-major ([n*n, B, C]), so its 1x1 convs are MaskedLinear modules.
-        self.input_to_state = MaskedLinear(2 * h, 8 * h, "B", out_groups=gate_groups(h, 8))
+        self.input_to_state = MaskedLinear(2 * h, 8 * h, "B", out_groups=gate_groups(h, 8, colours), colours=colours)
         # [direction, (left-pixel h ; above-pixel h), 4h]: the 2x1 column kernel of the skewed
         # map. It reads only earlier pixels, so it is unmasked (Table 4).
         bound = 1.0 / math.sqrt(2 * h)
         self.state_to_state = nn.Parameter(torch.empty(2, 2 * h, 4 * h).uniform_(-bound, bound))
         self.h0 = nn.Parameter(torch.zeros(2, h))  # learned state left of column 0 / above row 0
         self.c0 = nn.Parameter(torch.zeros(2, h))
-        self.state_to_output = MaskedLinear(h, 2 * h, "B")
+        self.state_to_output = MaskedLinear(h, 2 * h, "B", colours=colours)
         self.cond_proj = nn.Linear(cond_maps, 8 * h) if cond_maps else None
         self.cell = lstm_cell  # train.compile=cell swaps in a fused one (base.compile_cells)
         self.impl = "auto"  # scan on CUDA and under compile, reference on CPU; or "scan" | "reference"
@@ -163,4 +163,5 @@ class DiagonalBiLSTM(PixelRNNBase):
 
     def __init__(self, cfg: DiagonalBiLSTMConfig):
         super().__init__(cfg)
-        self.set_layers(DiagonalBiLSTMLayer(cfg.hidden, cfg.residual, cfg.cond_maps) for _ in range(cfg.layers))
+        self.set_layers(DiagonalBiLSTMLayer(cfg.hidden, cfg.residual, cfg.cond_maps, cfg.channels)
+                        for _ in range(cfg.layers))

@@ -1,6 +1,7 @@
 """Masked convolutions (PixelRNN paper, Section 3.4).
 
-Feature maps are split into three colour groups (R, G, B). A kernel may read every pixel
+Feature maps are split into three colour groups (R, G, B), or one for a grayscale image (then
+mask A and B are the plain PixelCNN masks: the centre hidden, resp. fully visible). A kernel may read every pixel
 strictly before the centre in raster order; at the centre pixel, mask A lets a group read
 only *earlier* colours (first layer), mask B also lets it read *itself* (all later layers).
 Pixels after the centre are always hidden.
@@ -17,9 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def color_groups(channels: int) -> torch.Tensor:
-    """Colour group (0=R, 1=G, 2=B) of each of `channels` maps: three contiguous blocks."""
-    return torch.arange(channels) * 3 // channels
+def color_groups(channels: int, colours: int = 3) -> torch.Tensor:
+    """Colour group (0=R, 1=G, 2=B) of each of `channels` maps: `colours` contiguous blocks."""
+    return torch.arange(channels) * colours // channels
 
 
 def _mask(out_groups: torch.Tensor, in_groups: torch.Tensor, kh: int, kw: int, self_connect: bool) -> torch.Tensor:
@@ -36,18 +37,20 @@ def _mask(out_groups: torch.Tensor, in_groups: torch.Tensor, kh: int, kw: int, s
 
 
 def mask_a(out_channels: int, in_channels: int, kh: int, kw: int,
-           out_groups: Optional[torch.Tensor] = None, in_groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+           out_groups: Optional[torch.Tensor] = None, in_groups: Optional[torch.Tensor] = None,
+           colours: int = 3) -> torch.Tensor:
     """Mask A [out, in, kh, kw]: at the centre a group sees strictly earlier colours only."""
-    og = color_groups(out_channels) if out_groups is None else out_groups
-    ig = color_groups(in_channels) if in_groups is None else in_groups
+    og = color_groups(out_channels, colours) if out_groups is None else out_groups
+    ig = color_groups(in_channels, colours) if in_groups is None else in_groups
     return _mask(og, ig, kh, kw, self_connect=False)
 
 
 def mask_b(out_channels: int, in_channels: int, kh: int, kw: int,
-           out_groups: Optional[torch.Tensor] = None, in_groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+           out_groups: Optional[torch.Tensor] = None, in_groups: Optional[torch.Tensor] = None,
+           colours: int = 3) -> torch.Tensor:
     """Mask B [out, in, kh, kw]: at the centre a group sees earlier colours and itself."""
-    og = color_groups(out_channels) if out_groups is None else out_groups
-    ig = color_groups(in_channels) if in_groups is None else in_groups
+    og = color_groups(out_channels, colours) if out_groups is None else out_groups
+    ig = color_groups(in_channels, colours) if in_groups is None else in_groups
     return _mask(og, ig, kh, kw, self_connect=True)
 
 
@@ -60,11 +63,11 @@ class MaskedConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, Tuple[int, int]],
                  mask_type: str, out_groups: Optional[torch.Tensor] = None,
-                 in_groups: Optional[torch.Tensor] = None, bias: bool = True):
+                 in_groups: Optional[torch.Tensor] = None, bias: bool = True, colours: int = 3):
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         super().__init__(in_channels, out_channels, (kh, kw), padding=(kh // 2, kw // 2), bias=bias)
         make = {"A": mask_a, "B": mask_b}[mask_type]
-        self.register_buffer("mask", make(out_channels, in_channels, kh, kw, out_groups, in_groups),
+        self.register_buffer("mask", make(out_channels, in_channels, kh, kw, out_groups, in_groups, colours),
                              persistent=False)
 
     def masked_weight(self) -> torch.Tensor:
@@ -84,10 +87,10 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, in_channels: int, out_channels: int, mask_type: str,
                  out_groups: Optional[torch.Tensor] = None, in_groups: Optional[torch.Tensor] = None,
-                 bias: bool = True):
+                 bias: bool = True, colours: int = 3):
         super().__init__(in_channels, out_channels, bias=bias)
         make = {"A": mask_a, "B": mask_b}[mask_type]
-        self.register_buffer("mask", make(out_channels, in_channels, 1, 1, out_groups, in_groups)[:, :, 0, 0],
+        self.register_buffer("mask", make(out_channels, in_channels, 1, 1, out_groups, in_groups, colours)[:, :, 0, 0],
                              persistent=False)
 
     def masked_weight(self) -> torch.Tensor:

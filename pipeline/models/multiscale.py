@@ -10,7 +10,7 @@ Choices the paper leaves open (documented here):
 * the small image is the box mean of each f x f block (f = n/s) of the uint8 image,
   rounded half up in integer arithmetic: (sum + f^2 // 2) // f^2;
 * bits_per_dim = (NLL bits of the small image + NLL bits of the large image given it)
-  / (3 n^2): the total code length of both stages per large-image sub-pixel. It is an upper
+  / (C n^2): the total code length of both stages per large-image sub-pixel. It is an upper
   bound on the large image's NLL (the small image is a function of the large one).
 
 Its exact incremental pass (`walk`, the protocol of `base.PixelRNNBase.walk`) has two stages: the
@@ -30,7 +30,7 @@ from .configs import MultiScaleConfig, build_model
 
 
 def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """uint8 [B, 3, n, n] -> uint8 [B, 3, n/f, n/f]: rounded (half up) mean of each f x f block."""
+    """uint8 [B, C, n, n] -> uint8 [B, C, n/f, n/f]: rounded (half up) mean of each f x f block."""
     b, c, n, _ = x.shape
     s = n // factor
     sums = x.long().view(b, c, s, factor, s, factor).sum((3, 5))
@@ -41,16 +41,17 @@ class Upsampler(nn.Module):
     """Deconvolution network: s x s image -> c x n x n map (3x3 conv, then one stride-2
     transposed conv per factor of 2). Unmasked: the whole small image is known."""
 
-    def __init__(self, cond_maps: int, factor: int):
+    def __init__(self, cond_maps: int, factor: int, channels: int = 3, levels: int = 256):
         super().__init__()
+        self.levels = levels
         steps = int(round(math.log2(factor)))  # a power of 2: MultiScaleConfig.check
-        mods: list = [nn.Conv2d(3, cond_maps, 3, padding=1), nn.ReLU()]
+        mods: list = [nn.Conv2d(channels, cond_maps, 3, padding=1), nn.ReLU()]
         for _ in range(steps):
             mods += [nn.ConvTranspose2d(cond_maps, cond_maps, 4, stride=2, padding=1), nn.ReLU()]
         self.net = nn.Sequential(*mods)
 
     def forward(self, small: torch.Tensor) -> torch.Tensor:
-        return self.net(scale_input(small, self.net[0].weight.dtype))
+        return self.net(scale_input(small, self.net[0].weight.dtype, self.levels))
 
 
 class MultiScalePixelRNN(nn.Module):
@@ -64,22 +65,23 @@ class MultiScalePixelRNN(nn.Module):
         cfg = dataclasses.replace(cfg, small_size=cfg.small(), cond_maps=cfg.cond_maps or cfg.hidden)  # 0: auto
         self.config: Dict[str, Any] = dataclasses.asdict(cfg)
         self.image_size, self.small_size = cfg.image_size, cfg.small_size
+        self.channels, self.levels = cfg.channels, cfg.levels
         self.factor = cfg.image_size // cfg.small_size
         self.small = build_model(cfg.base_config(cfg.small_size, 0))
         self.large = build_model(cfg.base_config(cfg.image_size, cfg.cond_maps))
-        self.upsample = Upsampler(cfg.cond_maps, self.factor)
+        self.upsample = Upsampler(cfg.cond_maps, self.factor, cfg.channels, cfg.levels)
 
     def downsample(self, x: torch.Tensor) -> torch.Tensor:
         """The small image the unconditional part models (see module docstring)."""
         return downsample(x, self.factor)
 
     def forward(self, x: torch.Tensor, small: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Large-image logits [B, 256, 3, n, n] given the small image (default: downsample(x))."""
+        """Large-image logits [B, levels, C, n, n] given the small image (default: downsample(x))."""
         small = self.downsample(x) if small is None else small
         return self.large(x, self.upsample(small))
 
     def bits_per_dim(self, x: torch.Tensor, small: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(small-image bits + large-image bits given it) / (3 n^2), [B]: the upper bound."""
+        """(small-image bits + large-image bits given it) / (C n^2), [B]: the upper bound."""
         small = self.downsample(x) if small is None else small
         bits = nll_bits(self.small(small), small) + nll_bits(self(x, small), x)
         return bits / x[0].numel()
@@ -110,7 +112,7 @@ class MultiScalePixelRNN(nn.Module):
         """Small images first, then large ones given them. Log-prob (bits/dim, as bits_per_dim with
         the sampled small image) and the small images are appended on request."""
         small, bpd_s = self.small.sample(n, generator, incremental, return_logprob=True)
-        x = torch.zeros(n, 3, self.image_size, self.image_size, dtype=torch.uint8, device=small.device)
+        x = torch.zeros(n, self.channels, self.image_size, self.image_size, dtype=torch.uint8, device=small.device)
         return self._complete_large(x, 0, small, bpd_s, generator, incremental, return_logprob, return_small)
 
     @torch.no_grad()

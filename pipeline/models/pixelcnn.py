@@ -19,13 +19,13 @@ class ResidualBlock(LayerCacheMixin, nn.Module):
     map is added to the 3x3 conv's output, the PixelCNN analogue of the input-to-state map.
     """
 
-    def __init__(self, hidden: int, kernel: int = 3, residual: bool = True, cond_maps: int = 0):
+    def __init__(self, hidden: int, kernel: int = 3, residual: bool = True, cond_maps: int = 0, colours: int = 3):
         super().__init__()
         h = hidden
         self.hidden, self.kernel, self.residual = h, kernel, residual
-        self.down = MaskedConv2d(2 * h, h, 1, "B")
-        self.conv = MaskedConv2d(h, h, kernel, "B")
-        self.up = MaskedConv2d(h, 2 * h, 1, "B")
+        self.down = MaskedConv2d(2 * h, h, 1, "B", colours=colours)
+        self.conv = MaskedConv2d(h, h, kernel, "B", colours=colours)
+        self.up = MaskedConv2d(h, 2 * h, 1, "B", colours=colours)
         self.cond_proj = nn.Conv2d(cond_maps, h, 1) if cond_maps else None
 
     def forward(self, v: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -68,4 +68,5 @@ class PixelCNN(PixelRNNBase):
 
     def __init__(self, cfg: PixelCNNConfig):
         super().__init__(cfg)
-        self.set_layers(ResidualBlock(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps) for _ in range(cfg.layers))
+        self.set_layers(ResidualBlock(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps, cfg.channels)
+                        for _ in range(cfg.layers))

@@ -27,19 +27,20 @@ from .scan import lstm_scan
 class RowLSTMLayer(LayerCacheMixin, nn.Module):
     """One Row LSTM layer on a 2h-map input, with residual 1x1 (h -> 2h) and learned initial state."""
 
-    def __init__(self, hidden: int, kernel: int = 3, residual: bool = True, cond_maps: int = 0):
+    def __init__(self, hidden: int, kernel: int = 3, residual: bool = True, cond_maps: int = 0, colours: int = 3):
         super().__init__()
         h = hidden
         self.hidden, self.kernel, self.residual = h, kernel, residual
         # Gate channel k of [o, f, i, g] gets the colour group of hidden channel k mod h, so
         # colour causality holds through the recurrence (Section 3.4).
-        self.input_to_state = MaskedConv2d(2 * h, 4 * h, (1, kernel), "B", out_groups=gate_groups(h, 4))
+        self.input_to_state = MaskedConv2d(2 * h, 4 * h, (1, kernel), "B", out_groups=gate_groups(h, 4, colours),
+                                           colours=colours)
         # Reads only row i-1, whose pixels all precede row i: no mask needed (Table 4: "no mask").
         bound = 1.0 / math.sqrt(h * kernel)
         self.state_to_state = nn.Parameter(torch.empty(4 * h, h, kernel).uniform_(-bound, bound))
         self.h0 = nn.Parameter(torch.zeros(h))  # learned initial state (the row above row 0)
         self.c0 = nn.Parameter(torch.zeros(h))
-        self.state_to_output = MaskedConv2d(h, 2 * h, 1, "B")  # residual connection h -> 2h
+        self.state_to_output = MaskedConv2d(h, 2 * h, 1, "B", colours=colours)  # residual connection h -> 2h
         self.cond_proj = nn.Conv2d(cond_maps, 4 * h, 1) if cond_maps else None
         self.cell = lstm_cell  # train.compile=cell swaps in a fused one (base.compile_cells)
         self.impl = "auto"  # scan on CUDA and under compile, reference on CPU; or "scan" | "reference"
@@ -100,4 +101,5 @@ class RowLSTM(PixelRNNBase):
 
     def __init__(self, cfg: RowLSTMConfig):
         super().__init__(cfg)
-        self.set_layers(RowLSTMLayer(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps) for _ in range(cfg.layers))
+        self.set_layers(RowLSTMLayer(cfg.hidden, cfg.kernel, cfg.residual, cfg.cond_maps, cfg.channels)
+                        for _ in range(cfg.layers))

@@ -84,7 +84,7 @@ def sample_grid(run: RunDir, path: Path, data: Optional[str], seed: int = 0) -> 
             x = next(split_batches(data, size, "val", 64))[::8][:8]
             rows += [x, model.complete(x, known_rows=size // 2, generator=g)]
     grid = torch.cat([rows[0]] + [torch.cat(rows[1:], 0)] if data else rows)
-    save_grid(grid, path, nrow=8)
+    save_grid(grid, path, nrow=8, levels=model.levels)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

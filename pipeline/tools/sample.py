@@ -37,9 +37,9 @@ def main(argv=None) -> int:
             size = model.config["image_size"]
             x = next(split_batches(args.complete_from, size, args.split, args.n))
             done = model.complete(x, known_rows=size // 2, generator=g)
-            save_grid(torch.cat([x, done.cpu()]), args.out, nrow=x.shape[0])
+            save_grid(torch.cat([x, done.cpu()]), args.out, nrow=x.shape[0], levels=model.levels)
         else:
-            save_grid(model.sample(args.n, generator=g), args.out)
+            save_grid(model.sample(args.n, generator=g), args.out, levels=model.levels)
     dt = time.time() - t0
     print(f"wrote {args.out} ({args.n} images in {dt:.1f} s, {args.n / dt:.2f} images/s)")
     return 0

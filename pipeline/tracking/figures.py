@@ -17,8 +17,14 @@ from PIL import Image
 from pipeline.fsutil import atomic_write_bytes
 
 
-def image_grid(images: torch.Tensor, nrow: int = 0, pad: int = 2, scale: int = 1) -> Image.Image:
-    """uint8 [N, 3, H, W] -> one RGB image, `nrow` images per row (default: square), white padding."""
+def image_grid(images: torch.Tensor, nrow: int = 0, pad: int = 2, scale: int = 1, levels: int = 256) -> Image.Image:
+    """uint8 [N, 3 or 1, H, W] with values 0..levels-1 -> one RGB image, `nrow` images per row (default:
+    square), white padding. Grayscale is replicated to RGB, and fewer levels are stretched to 0..255 as the
+    shards store them (v * (255 // (levels - 1)): a binary image shows black and white)."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if levels < 256:
+        images = images.to(torch.uint8) * (255 // (levels - 1))
     n, _, h, w = images.shape
     nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
     rows = int(math.ceil(n / nrow))
@@ -31,9 +37,9 @@ def image_grid(images: torch.Tensor, nrow: int = 0, pad: int = 2, scale: int = 1
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
-def save_grid(images: torch.Tensor, path, nrow: int = 0) -> None:
+def save_grid(images: torch.Tensor, path, nrow: int = 0, levels: int = 256) -> None:
     """Write a PNG grid atomically; small images are enlarged so a person can see them."""
     scale = max(1, 128 // images.shape[-1])
     buf = io.BytesIO()
-    image_grid(images, nrow, scale=scale).save(buf, format="PNG")
+    image_grid(images, nrow, scale=scale, levels=levels).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

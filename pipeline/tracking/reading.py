@@ -65,16 +65,17 @@ def history(client, run_id: str, key: str) -> List[Tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def summarise(client, run) -> RunSummary:
-    """A training run that has a validation result (`VAL` in its metrics), with its metric histories."""
+def summarise(client, run, val_key: str = VAL) -> RunSummary:
+    """A training run that has a validation result (`val_key` in its metrics: bits/dim, or the nats per
+    image of a benchmark published in nats), with its metric histories."""
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     rid = run.info.run_id
-    val_hist, train_hist = history(client, rid, VAL), history(client, rid, TRAIN)
+    val_hist, train_hist = history(client, rid, val_key), history(client, rid, TRAIN)
     rates = [v for _, v in history(client, rid, RATE)]
     return RunSummary(
         run_id=rid, name=run.info.run_name or rid[:8], status=run.info.status,
         model=tags.get("model") or params.get("model") or params.get("model.name") or "unknown",
-        tags=dict(tags), params=dict(params), val=metrics[VAL], train=metrics.get(TRAIN),
+        tags=dict(tags), params=dict(params), val=metrics[val_key], train=metrics.get(TRAIN),
         steps=max([s for s, _ in val_hist + train_hist] or [0]),
         images_per_s=statistics.median(rates) if rates else None,  # median: robust to warm-up
         device_hours=metrics.get(HOURS), val_history=val_hist, hours_history=history(client, rid, HOURS))

@@ -37,6 +37,27 @@ from pipeline.tracking.tracker import DEFAULT_URI, REPORT_KIND, RUN_KIND_TAG, SW
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
+@dataclass(frozen=True)
+class Unit:
+    """What a benchmark compares: our runs' metric, the published results' key, and its name."""
+    val: str = VAL
+    published: str = "test_bits_per_dim"
+    label: str = "bits/dim"
+
+
+# A benchmark's `unit:`; binarized MNIST is published in nats per image (the paper's Table 4), which the
+# trainer logs beside bits/dim as val_nats_per_image (bits/dim * sub-pixels * ln 2).
+UNITS = {"bits_per_dim": Unit(), "nats_per_image": Unit("val_nats_per_image", "test_nats_per_image", "nats/image")}
+
+
+def unit_of(bench: Optional[dict]) -> Unit:
+    """The unit a benchmark (or no benchmark: bits/dim) is compared in; an unknown one is refused."""
+    name = (bench or {}).get("unit", "bits_per_dim")
+    if name not in UNITS:
+        raise ReportError(f"benchmark unit {name!r} is not one of {sorted(UNITS)}")
+    return UNITS[name]
+
+
 @dataclass
 class ExperimentReport:
     name: str
@@ -70,8 +91,8 @@ def benchmark_for(experiment: str, benchmarks: dict) -> Optional[dict]:
     return None
 
 
-def collect(client, experiment) -> ExperimentReport:
-    """Every active run of the experiment, summarised; report runs left out."""
+def collect(client, experiment, unit: Unit = Unit()) -> ExperimentReport:
+    """Every active run of the experiment, summarised (val: the unit's metric); report runs left out."""
     rep = ExperimentReport(experiment.name, experiment.experiment_id, [])
     token = None
     while True:
@@ -81,10 +102,10 @@ def collect(client, experiment) -> ExperimentReport:
             if kind in (REPORT_KIND, SWEEP_KIND):  # reports and sweeps' parent runs train nothing
                 rep.skipped_reports += kind == REPORT_KIND
                 continue
-            if VAL not in run.data.metrics:
+            if unit.val not in run.data.metrics:
                 rep.without_val += 1
                 continue
-            rep.runs.append(summarise(client, run))
+            rep.runs.append(summarise(client, run, unit.val))
         token = page.token
         if not token:
             return rep
@@ -107,6 +128,8 @@ def _data_label(key: Tuple[str, ...]) -> str:
 
 def render_experiment(rep: ExperimentReport, bench: Optional[dict], sources: dict,
                       plot_name: Optional[str]) -> str:
+    unit = unit_of(bench)
+    key_, label = unit.published, unit.label
     lines = [f"## Experiment `{rep.name}`" + (f" — {bench['title']}" if bench and bench.get("title") else ""), ""]
     extra = []
     if rep.without_val:
@@ -119,7 +142,7 @@ def render_experiment(rep: ExperimentReport, bench: Optional[dict], sources: dic
     if len(groups) > 1:
         lines += [f"> **Warning: runs on differently made data.** The runs of this experiment fall into "
                   f"{len(groups)} data groups (dataset variant, resize method, image size or manifest hash "
-                  f"differ). They are ranked only within a group: bits/dim from different groups are not "
+                  f"differ). They are ranked only within a group: results from different groups are not "
                   f"comparable with each other.", ""]
     published = list((bench or {}).get("results") or [])
     if not bench:
@@ -133,27 +156,27 @@ def render_experiment(rep: ExperimentReport, bench: Optional[dict], sources: dic
             lines += [f"> † Published numbers were measured on `{bench.get('dataset_variant')}` data at "
                       f"{bench.get('image_size')} px; these runs used variant `{key[0]}` at {key[2]} px, so the "
                       f"gaps are not strictly comparable." + (f" {bench['note']}" if bench.get("note") else ""), ""]
-        lines += [f"Best run per model ({len(runs)} run(s) in this group); val = latest `{VAL}`:", "",
-                  "| # | model | run | val bits/dim | train bits/dim | steps | images/s | device-hours | status "
+        lines += [f"Best run per model ({len(runs)} run(s) in this group); val = latest `{unit.val}`:", "",
+                  f"| # | model | run | val {label} | train bits/dim | steps | images/s | device-hours | status "
                   "| published (same model) | gap |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for i, r in enumerate(best, 1):
             same = [p for p in published if p.get("model") == r.model]
-            pub = "; ".join(f"{p['test_bits_per_dim']:.2f} ({p['source']})" for p in same) or "–"
-            gap = "; ".join(_gap(r.val, p["test_bits_per_dim"], comparable) for p in same) or "–"
+            pub = "; ".join(f"{p[key_]:.2f} ({p['source']})" for p in same) or "–"
+            gap = "; ".join(_gap(r.val, p[key_], comparable) for p in same) or "–"
             lines.append(f"| {i} | {r.model} | {r.name} | {r.val:.4f} | {_f(r.train)} | {r.steps} | "
                          f"{_f(r.images_per_s, '.1f')} | {_f(r.device_hours, '.4g')} | {r.status} | {pub} | {gap} |")
         lines.append("")
         if published:
             lines += ["Gap to each published result (our val − published test; negative is better):", "",
-                      "| published | test bits/dim | source | " + " | ".join(r.name for r in best) + " |",
+                      f"| published | test {label} | source | " + " | ".join(r.name for r in best) + " |",
                       "|---|---|---|" + "---|" * len(best)]
-            for p in sorted(published, key=lambda p: -p["test_bits_per_dim"]):
-                lines.append(f"| {p['label']} | {p['test_bits_per_dim']:.2f} | {p['source']} | "
-                             + " | ".join(_gap(r.val, p["test_bits_per_dim"], comparable) for r in best) + " |")
+            for p in sorted(published, key=lambda p: -p[key_]):
+                lines.append(f"| {p['label']} | {p[key_]:.2f} | {p['source']} | "
+                             + " | ".join(_gap(r.val, p[key_], comparable) for r in best) + " |")
             lines.append("")
     if plot_name:
-        lines += [f"![validation bits/dim of {rep.name}]({plot_name})", ""]
+        lines += [f"![validation {label} of {rep.name}]({plot_name})", ""]
     used = sorted({p["source"] for p in published})
     if used:
         lines += ["Sources:", ""] + [f"- `{s}`: {sources.get(s, {}).get('citation', s)} "
@@ -191,7 +214,7 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
             exps.append(e)
     else:
         exps = sorted(client.search_experiments(), key=lambda e: e.name)
-    reports = [r for r in (collect(client, e) for e in exps) if r.runs]
+    reports = [r for r in (collect(client, e, unit_of(benchmark_for(e.name, benchmarks))) for e in exps) if r.runs]
     names = ", ".join(e.name for e in exps) or "(none)"
     if not reports:
         return EXIT_OK, (f"No training runs with {VAL} in experiment(s) {names} of {tracking_uri}: "
@@ -200,7 +223,8 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["# Bits/dim benchmark report", "",
              f"Generated {stamp} from `{tracking_uri}` by `python -m pipeline.tracking.report`. Lower is better. Ours: "
-             f"the latest `{VAL}` of each run (its data.val_split); published: test bits/dim from "
+             f"the latest `{VAL}` of each run (its data.val_split; `val_nats_per_image` where a benchmark is "
+             f"published in nats per image, as binarized MNIST); published: test bits/dim (or nats) from "
              f"configs/benchmarks.yaml. Runs are ranked only against runs on the same data (same dataset "
              f"variant, resize method, image size and manifest hash).", ""]
     plots: Dict[str, Path] = {}
@@ -208,7 +232,9 @@ def make_report(tracking_uri: str, experiments: Optional[List[str]], out: Path,
         bench = benchmark_for(rep.name, benchmarks)
         plot = out.with_name(f"{out.stem}-{rep.name}.png")
         shown = [r for runs in rep.groups().values() for r in best_per_model(runs)]
-        plot_runs(shown, list((bench or {}).get("results") or []), f"{rep.name}: validation bits/dim", plot)
+        unit = unit_of(bench)
+        plot_runs(shown, list((bench or {}).get("results") or []), f"{rep.name}: validation {unit.label}", plot,
+                  unit.published, f"validation {unit.label}")
         plots[rep.name] = plot
         parts.append(render_experiment(rep, bench, benchmarks.get("sources") or {}, plot.name))
     atomic_write_text(out, "\n".join(parts))

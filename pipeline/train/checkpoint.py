@@ -190,6 +190,8 @@ def _convert_to_universal(ckpt_dir: Path, tag: str, out: Path) -> None:
 def check_compatible(meta: Dict[str, Any], model_config: Dict[str, Any], ckpt: Path) -> None:
     """Refuse a checkpoint made for another model before DeepSpeed fails on shapes."""
     saved = meta.get("model")
+    if saved is not None:  # saved before issue 22 added these fields: every such model was RGB, 256 levels
+        saved = {**{k: v for k, v in (("channels", 3), ("levels", 256)) if k in model_config}, **saved}
     if saved is not None and saved != model_config:
         diff = sorted(k for k in set(saved) | set(model_config) if saved.get(k) != model_config.get(k))
         raise CheckpointError(f"checkpoint {ckpt} was made for another model (differs in {', '.join(diff)}): "

@@ -28,6 +28,7 @@ from pipeline.data.plan import EvalPlan, plan_line
 from pipeline.data.shards import load_shard_set
 from pipeline.data.stream import TrainStream, to_device, train_loader
 from pipeline.fsutil import atomic_write_text
+from pipeline.models.base import nats_per_image
 from pipeline.run_dir import RunDir
 from pipeline.tracking.baselines import codec_baselines
 from pipeline.tracking.figures import save_grid
@@ -46,6 +47,18 @@ log = logging.getLogger("pipeline.train")
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses; a final checkpoint was written."""
+
+
+def check_data_matches_model(model: Any, manifest: Dict[str, Any], root: str) -> None:
+    """Refuse, before DeepSpeed starts, a model whose `channels` or `levels` differ from the shards' (a
+    manifest without them holds 3-channel 256-level images), in one line naming both and the fix."""
+    # ShardSet.channels/.levels (issue 22's data half) read the same manifest keys with the same defaults.
+    data = {"channels": int(manifest.get("channels", 3)), "levels": int(manifest.get("levels", 256))}
+    what = {"channels": "{}-channel images", "levels": "images of {} levels"}
+    for key, value in data.items():
+        if getattr(model, key) != value:
+            raise ValueError(f"model.{key} is {getattr(model, key)} but the shards in {root} hold "
+                             f"{what[key].format(value)}: set model.{key}={value}")
 
 
 class StopRequested(Exception):
@@ -152,6 +165,7 @@ class Trainer:
         size = cfg.model.image_size
         self.train_set = load_shard_set(cfg.data.root, size, cfg.data.train_split)
         self.val_set = load_shard_set(cfg.data.root, size, cfg.data.val_split)
+        check_data_matches_model(cfg.model, self.train_set.manifest, cfg.data.root)
         self.stream = TrainStream(self.train_set, cfg.train.micro_batch_size, cfg.train.seed, env.rank,
                                   env.world_size, cfg.data.num_workers, cfg.data.shuffle_buffer,
                                   cfg.data.on_corrupt)
@@ -282,8 +296,12 @@ class Trainer:
         if cfg.train.sample_every_eval:
             self._sample_grid()
         self.engine.train()
-        self.tracker.metrics({"val_bits_per_dim": r["bits_per_dim"]}, self.state.step)
-        log.info("step %d: val %.4f bits/dim over %d images", self.state.step, r["bits_per_dim"], r["samples"])
+        # Always both units: bits/dim (CIFAR, ImageNet) and nats per image (binarized MNIST, Table 4).
+        m = cfg.model
+        nats = nats_per_image(r["bits_per_dim"], m.channels * m.image_size ** 2)
+        self.tracker.metrics({"val_bits_per_dim": r["bits_per_dim"], "val_nats_per_image": nats}, self.state.step)
+        log.info("step %d: val %.4f bits/dim (%.2f nats/image) over %d images", self.state.step, r["bits_per_dim"],
+                 nats, r["samples"])
         return r["bits_per_dim"]
 
     def save(self) -> str:
@@ -365,7 +383,7 @@ class Trainer:
             images = model.sample(cfg.train.sample_every_eval, generator=torch.Generator().manual_seed(cfg.train.seed))
             if self.env.is_main:
                 path = self.run.sample_grid(self.state.step)
-                save_grid(images, path)
+                save_grid(images, path, levels=cfg.model.levels)
                 self.tracker.artifact(path, "samples")
         dist.barrier()
 

@@ -36,26 +36,27 @@ def peaky(m: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-def perturb_each_subpixel(x: torch.Tensor) -> torch.Tensor:
-    """x uint8 [3, H, W] -> [3HW, 3, H, W]; copy k has sub-pixel k (raster, then R, G, B) changed."""
-    _, h, w = x.shape
-    n = 3 * h * w
+def perturb_each_subpixel(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """x uint8 [C, H, W] -> [CHW, C, H, W]; copy k has sub-pixel k (raster, then R, G, B) changed by half
+    the range (levels = 2: flipped)."""
+    c, h, w = x.shape
+    n = c * h * w
     flat = x.permute(1, 2, 0).reshape(1, n).repeat(n, 1)
     idx = torch.arange(n)
-    flat[idx, idx] = (flat[idx, idx].long() + 128).remainder(256).to(torch.uint8)
-    return flat.view(n, h, w, 3).permute(0, 3, 1, 2).contiguous()
+    flat[idx, idx] = (flat[idx, idx].long() + levels // 2).remainder(levels).to(torch.uint8)
+    return flat.view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
 
 
-def changed_matrix(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def changed_matrix(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, levels: int = 256) -> torch.Tensor:
     """changed[k, m]: perturbing sub-pixel k changes (bit-for-bit) the logits of sub-pixel m.
 
     Copy k of the image (sub-pixel k perturbed) is compared with the unperturbed image at the same
     batch position of a batch of the same size: a matmul's rounding may depend on where a row falls
     (its tail tile takes another micro-kernel on some CPUs, e.g. AMD EPYC), never on the other rows.
     """
-    perturbed = perturb_each_subpixel(x)
+    perturbed = perturb_each_subpixel(x, levels)
     with torch.no_grad():
         out = fn(perturbed)
         base = fn(x[None].expand_as(perturbed).contiguous())
-    changed = (out != base).any(1)  # [n, 3, H, W]
+    changed = (out != base).any(1)  # [n, C, H, W]
     return changed.permute(0, 2, 3, 1).reshape(changed.shape[0], -1)
