@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 from helpers import mnist_like, read_samples, run_cli, write, write_amat, write_idx
 
+from pipeline.config import load_config
+
 from preprocessing import PreprocessError, build, prepare_fashion_mnist
 from preprocessing.mnist import IMAGES_MAGIC, LABELS_MAGIC
 from preprocessing.prepare import FASHION_MNIST
 from preprocessing.sources import open_source
 from shardformat import check_manifest, manifest_path
+from slurm.submit import prepare_data
 
 
 def idx_folder(root, n_train=30, n_test=12, compress=True, seed=0):
@@ -227,3 +230,17 @@ def test_the_installed_fashion_mnist_package_is_read():
     first = train.reader(train.items[0].ref)
     assert first.shape == (28, 28) and first.dtype == np.uint8 and 0 < first.max() <= 255
     assert train.variant == "fashion-mnist/grayscale"
+
+
+def test_data_prepare_fashion_mnist_binarized_builds_the_package_before_submitting(tmp_path):
+    """The launcher's `data.prepare: fashion_mnist_binarized` (slurm/submit.py prepare_data): the installed
+    package's 60,000 + 10,000 images as binary 28x28 shards, the manifest saying so."""
+    assert (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), (
+        f"{FASHION_MNIST} is missing: run `apt-get install dataset-fashion-mnist` (make install does)")
+    cfg = load_config("smoke", [f"data.root={tmp_path}", "data.prepare=fashion_mnist_binarized",
+                                "model.image_size=28"])
+    prepare_data(cfg)
+    train, val = (json.loads(manifest_path(tmp_path, 28, s).read_text()) for s in ("train", "val"))
+    assert (train["num_samples"], val["num_samples"]) == (60000, 10000)
+    assert (val["channels"], val["levels"], val["variant"]) == (1, 2, "fashion-mnist/binarized-threshold127")
+    assert len(train["shards"]) == 24   # the library's 2,500 a shard, not the smoke config's 16
