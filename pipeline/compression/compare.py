@@ -14,7 +14,6 @@ from typing import Optional
 import torch
 
 from pipeline.compression.codec import decode_file, encode_images, load_model
-from pipeline.compression.rangecoding import bits_per_dim
 from pipeline.data.shards import load_shard_set, split_batches
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.tracking.baselines import codec_bits_per_dim, webp_available
@@ -53,10 +52,10 @@ def compare(checkpoint: str, root: str, split: str = "val", batch_size: int = 64
     if webp_available():
         rows.append(("WebP lossless (Pillow, method 6)", codecs["webp"]))
     rows.append(("JPEG XL lossless (libjxl, effort 9)", codecs["jpegxl"]))
-    rows += [(f".prc file, this coder ({n} images in one file, header included)",
-              bits_per_dim(enc["file_bits"], n, size)),
-             ("range-coded payload alone", bits_per_dim(enc["payload_bits"], n, size)),
-             ("model: sum of -log2 p (incremental pass, float32)", bits_per_dim(enc["ideal_bits"], n, size)),
+    dims = n * x[0].numel()   # sub-pixels: channels x size x size per image (1 or 3 channels)
+    rows += [(f".prc file, this coder ({n} images in one file, header included)", enc["file_bits"] / dims),
+             ("range-coded payload alone", enc["payload_bits"] / dims),
+             ("model: sum of -log2 p (incremental pass, float32)", enc["ideal_bits"] / dims),
              ("model: bits/dim of the whole-image forward (as validation)", forward)]
     lines = [f"{split} split of {root}: {n} images {size}x{size}, model {model.config['name']} "
              f"({checkpoint})", "", "| codec | bits/dim | vs PNG |", "|---|---|---|"]
