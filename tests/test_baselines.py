@@ -56,3 +56,14 @@ def test_rgb_images_keep_their_baselines():
     arr = x.permute(0, 2, 3, 1).numpy()
     assert r["png"] == sum(8 * png_bytes(a) for a in arr) / (2 * 3 * 8 * 8)
     assert r["jpegxl"] == sum(8 * jpegxl_bytes(a) for a in arr) / (2 * 3 * 8 * 8)
+
+
+def test_ranks_shares_of_the_encoding_add_up_to_the_whole():
+    """codec_baselines splits the images over ranks (every world-th one) and sums integer bit counts."""
+    from pipeline.tracking.baselines import _bit_sums  # the per-rank sums codec_baselines all_reduces
+    x, names = _gray(5, 3), ["png", "jpegxl"]
+    whole = _bit_sums([x[:2], x[2:]], names, 256)
+    shares = [_bit_sums([x[:2], x[2:]], names, 256, rank, 2) for rank in (0, 1)]
+    assert [s[2] for s in shares] == [3, 2]
+    assert {c: shares[0][0][c] + shares[1][0][c] for c in names} == whole[0]
+    assert shares[0][1] + shares[1][1] == whole[1] == 5 * 28 * 28
