@@ -33,8 +33,9 @@ def main() -> None:
     start = time.perf_counter()
     r = split_codec_bits_per_dim(args.data, args.size, args.split)
     dims = shards.channels * args.size ** 2
+    variant = shards.manifest.get("variant", "-")
     print(f"{args.split} of {args.data}: {r['images']} images {args.size}x{args.size}, {shards.channels} channel(s), "
-          f"{shards.levels} levels, variant {shards.manifest.get('variant', '-')} ({time.perf_counter() - start:.0f} s)")
+          f"{shards.levels} levels, variant {variant} ({time.perf_counter() - start:.0f} s)")
     print("| codec | bits/dim | nats/image |\n|---|---|---|")
     for name in ("png", "webp", "jpegxl"):
         if name in r:

@@ -21,7 +21,8 @@ from typing import Dict, List
 import numpy as np
 import PIL
 
-from shardformat import DEFAULT_CHANNELS, DEFAULT_LEVELS, FORMAT, FormatError, check_manifest, manifest_path, shard_glob, size_dir
+from shardformat import (DEFAULT_CHANNELS, DEFAULT_LEVELS, FORMAT, FormatError, check_manifest, manifest_path,
+                         shard_glob, size_dir)
 
 from .errors import PreprocessError
 from .fsutil import atomic_write_json, read_json, sha256_file

@@ -18,8 +18,8 @@ from .faults import (CHAIN, CHAIN_STEPS, DIST_TIMEOUT_S, LAUNCH_TIMEOUT, SEED, C
 from .launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_store, process_groups,  # noqa: E402
                      signal_groups, train_2ranks)
 from .mlflow_runs import COMMON, SMOKE_RUNS, make_smoke_store  # noqa: E402
-from .prep import (encode, mnist_like, noise_image, output_bytes, read_samples, run_cli, write, write_amat,  # noqa: E402
-                   write_idx)
+from .prep import (encode, mnist_like, noise_image, output_bytes, read_samples, run_cli, write,  # noqa: E402
+                   write_amat, write_idx)
 from .slurm_jobs import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job, scontrol_job,  # noqa: E402
                          start, submit_cmd, task_pids, wait, wait_until_idle)
 from .tiny_models import ALL, ARCHS, TINY, changed_matrix, peaky, perturb_each_subpixel, tiny  # noqa: E402
@@ -30,7 +30,8 @@ __all__ = [
     "REPO", "free_port", "hex_losses", "kill_tree", "metrics", "mlflow_store", "process_groups", "signal_groups",
     "train_2ranks",
     "COMMON", "SMOKE_RUNS", "make_smoke_store",
-    "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write",
+    "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write", "mnist_like", "write_amat",
+    "write_idx",
     "FAST", "hostnames", "job_id", "one_mlflow_run", "resumed_steps", "sacct_job", "scontrol_job", "start",
     "submit_cmd", "task_pids", "wait", "wait_until_idle",
     "ALL", "ARCHS", "TINY", "changed_matrix", "peaky", "perturb_each_subpixel", "tiny",
