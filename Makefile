@@ -3,12 +3,18 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install smoke test cluster cluster-stop browser bench
+.PHONY: install datasets smoke test cluster cluster-stop browser bench
 
 # torch 2.13.0 first: it is the CPU build on these machines; a bare `torch` pulls a CUDA build.
-install:
+install: datasets
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
+
+# Fashion-MNIST (data.prepare: fashion_mnist) from Debian's package: /usr/share/datasets/fashion-mnist/*.gz.
+# Not optional: the test that reads it fails when it is missing.
+datasets:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || (apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist)
 
 smoke: install
 	$(PYTHON) slurm/submit.py --exp smoke --follow

@@ -24,8 +24,9 @@ from shardformat import manifest_path, shard_name, size_dir
 
 from .errors import PreprocessError
 from .fsutil import read_json, sha256_file
-from .imaging import MAX_SIZE, MIN_SIZE, RESIZE_METHODS, SkipImage, png_encoder, render
+from .imaging import BINARIZE_METHODS, MAX_SIZE, MIN_SIZE, RESIZE_METHODS, SkipImage, png_encoder, render
 from .manifest import cleanup, make_manifest, prepare_output, read_state, write_manifest
+from .mnist import binarized_variant
 from .progress import progress_bar
 from .shards import PartWriter, blocks_of, layout, load_summaries, part_path, write_shard
 from .source_types import make_keys
@@ -58,14 +59,19 @@ def _check_args(split, sizes, shard_size, resize, workers, num_tasks, task_id) -
 def build(source, split: str, sizes: Iterable[int], out, *, workers: int = 1,
           shard_size: int = DEFAULT_SHARD_SIZE, resize: str = "box", seed: int = 0,
           val_labels=None, class_map=None, exif_transpose: bool = False, num_tasks: int = 1,
-          task_id: int = 0, overwrite: bool = False, progress: bool = True, label_order: str = "wnid") -> dict:
+          task_id: int = 0, overwrite: bool = False, progress: bool = True, label_order: str = "wnid",
+          binarize: Optional[str] = None) -> dict:
     """Build shards. With one task, finalize too and return {size: manifest}; with K tasks,
     render this task's blocks and return a status dict (run :func:`finalize` after all tasks).
-    `label_order`: "wnid" (ImageNet classes by sorted wnid, the default) or "release" (the npz release's)."""
+    `label_order`: "wnid" (ImageNet classes by sorted wnid, the default) or "release" (the npz release's).
+    `binarize` ("threshold" or "stochastic", seeded by `seed`) makes a grayscale source binary: levels=2."""
     sizes = _check_args(split, sizes, shard_size, resize, workers, num_tasks, task_id)
+    if binarize is not None and binarize not in BINARIZE_METHODS:
+        raise PreprocessError(f"unknown --binarize {binarize!r}: choose one of {', '.join(BINARIZE_METHODS)}")
     out = Path(out)
     # K array tasks would each list a tar source again: the first one saves the listing for the rest
     src = open_source(source, split, val_labels, class_map, cache_dir=out / ".listing", label_order=label_order)
+    _check_source(src, sizes, binarize)
     n = len(src.items)
     keys = make_keys(src.items)
     order = np.random.default_rng(seed).permutation(n)
@@ -77,14 +83,19 @@ def build(source, split: str, sizes: Iterable[int], out, *, workers: int = 1,
                   "val_labels": str(Path(val_labels).resolve()) if val_labels else None,
                   "class_map": str(Path(class_map).resolve()) if class_map else None,
                   "exif_transpose": bool(exif_transpose), "label_order": label_order}
+        if binarize is not None:  # only then: the params of every older build stay what they were
+            params["binarize"] = binarize
         state = {"params": params, "classes": src.classes, "source_kind": src.kind,
                  "num_inputs": n, "num_blocks": num_blocks, "source_fingerprint": fingerprint,
-                 "png_encoder": png_encoder()}
+                 "png_encoder": png_encoder(), "channels": src.channels,
+                 "levels": 2 if binarize else src.levels,
+                 "variant": binarized_variant(src.variant, (binarize, seed)) if binarize else src.variant}
         size_dir(out, size).mkdir(parents=True, exist_ok=True)
         prepare_output(out, size, split, state, overwrite, num_tasks)
 
     jobs = _plan_jobs(out, split, sizes, num_blocks, shard_size, num_tasks, task_id)
-    ctx = _Context(src, keys, order, {c: i for i, c in enumerate(src.classes)}, shard_size, out, split)
+    ctx = _Context(src, keys, order, {c: i for i, c in enumerate(src.classes)}, shard_size, out, split,
+                   (binarize, seed) if binarize else None)
     _render_blocks(ctx, jobs, resize, exif_transpose, workers, progress)
     if num_tasks == 1:
         return finalize(out, split, sizes)
@@ -109,10 +120,23 @@ def _plan_jobs(out, split, sizes, num_blocks, shard_size, num_tasks, task_id) ->
     return [(b, tuple(sorted(need[b]))) for b in sorted(need) if b % num_tasks == task_id]
 
 
+def _check_source(src, sizes: List[int], binarize: Optional[str]) -> None:
+    """Binarizing needs a grayscale source; a binary one is built at its own size (a BOX resize would
+    make grays that are no longer 0 or 1)."""
+    if binarize is not None and src.channels != 1:
+        raise PreprocessError(f"--binarize needs a grayscale source (MNIST-format IDX); this {src.kind} source is RGB")
+    if src.levels < 256 and binarize is None:
+        side = np.asarray(src.reader(src.items[0].ref)).shape[0]
+        if sizes != [side]:
+            raise PreprocessError(f"{src.kind} is binary at {side}x{side}: build it at --sizes {side} (a resize "
+                                  "would make grays), or pass --binarize threshold to binarize after the resize")
+
+
 class _Context:
-    def __init__(self, src, keys, order, label_of, shard_size, out, split):
+    def __init__(self, src, keys, order, label_of, shard_size, out, split, binarization=None):
         self.src, self.keys, self.order, self.label_of = src, keys, order, label_of
         self.shard_size, self.out, self.split = shard_size, out, split
+        self.binarization = binarization   # (method, seed) or None
 
     def positions(self, block: int) -> range:
         return range(block * self.shard_size, min(len(self.order), (block + 1) * self.shard_size))
@@ -146,7 +170,9 @@ def _render_one(idx: int, sizes) -> "Dict[int, bytes] | str":
     except OSError as e:
         return f"cannot read: {e}"
     try:
-        pngs, orig = render(data, sizes, _WORKER["method"], _WORKER["exif"])
+        # the stochastic binarization's RNG is named by (seed, item): the same in any worker
+        bz = None if ctx.binarization is None else (ctx.binarization[0], (ctx.binarization[1], idx))
+        pngs, orig = render(data, sizes, _WORKER["method"], _WORKER["exif"], bz)
     except SkipImage as e:
         return str(e)
     meta = {"class": it.cls, "source": it.source, "orig_size": list(orig)}

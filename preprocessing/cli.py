@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from .builder import DEFAULT_SHARD_SIZE, build, finalize
 from .errors import PreprocessError
-from .imaging import MAX_SIZE, MIN_SIZE, RESIZE_METHODS
+from .imaging import BINARIZE_METHODS, MAX_SIZE, MIN_SIZE, RESIZE_METHODS
 from .labels import LABEL_ORDERS
 from .manifest import info, verify
 from .photos import DEFAULT_VAL, make_photo_crops, scenes
@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="render a source into shards",
                        description="Render a source (ImageNet train dir/tar, val dir/tar + labels, "
-                                   "ImageFolder, CIFAR-10 batches, downsampled-ImageNet npz) into "
+                                   "ImageFolder, CIFAR-10 batches, downsampled-ImageNet npz, MNIST-format IDX, "
+                                   "binarized-MNIST .amat) into "
                                    "DIR/<size>/<split>-NNNNNN.tar shards and DIR/<size>/<split>.json.")
     b.add_argument("--source", required=True, help="folder, tar or npz file (kind is auto-detected)")
     b.add_argument("--split", required=True, help="split name, e.g. train or val")
@@ -45,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"samples per shard (default {DEFAULT_SHARD_SIZE})")
     b.add_argument("--resize", choices=RESIZE_METHODS, default="box",
                    help="box: squash whole image (default); center-crop: centre square, then box")
-    b.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    b.add_argument("--seed", type=int, default=0, help="shuffle seed, and the stochastic binarization's (default 0)")
+    b.add_argument("--binarize", choices=BINARIZE_METHODS,
+                   help="make a grayscale source binary (levels=2): threshold (v > 127) or stochastic "
+                        "(Bernoulli(v/255), seeded by --seed and the sample)")
     b.add_argument("--exif-transpose", action="store_true", help="apply EXIF orientation (default: ignore)")
     b.add_argument("--num-tasks", type=int, default=1, help="split the work over K array tasks")
     b.add_argument("--task-id", type=int, default=0, help="this task, 0..K-1 (then run finalize)")
@@ -101,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         val_labels=args.val_labels, class_map=args.class_map,
                         exif_transpose=args.exif_transpose, num_tasks=args.num_tasks,
                         task_id=args.task_id, overwrite=args.overwrite, progress=not args.no_progress,
-                        label_order=args.label_order)
+                        label_order=args.label_order, binarize=args.binarize)
             if args.num_tasks == 1:
                 _report(res)
             else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import imagecodecs
 import numpy as np
@@ -42,9 +42,10 @@ class SkipImage(Exception):
 
 
 def decode(data, exif_transpose: bool = False) -> Tuple[Image.Image, Tuple[int, int]]:
-    """bytes (an encoded file) or a uint8 HxWx3 array -> (RGB image, original (w, h))."""
+    """bytes (an encoded file) or a uint8 HxWx3 array -> (RGB image, original (w, h)); a uint8 HxW
+    array (a grayscale source, e.g. MNIST) -> (mode L image, (w, h))."""
     if isinstance(data, np.ndarray):
-        img = Image.fromarray(np.ascontiguousarray(data, dtype=np.uint8), "RGB")
+        img = Image.fromarray(np.ascontiguousarray(data, dtype=np.uint8), "L" if data.ndim == 2 else "RGB")
         return img, img.size
     if not data:
         raise SkipImage("empty file")
@@ -96,8 +97,9 @@ def resize(img: Image.Image, size: int, method: str = "box") -> Image.Image:
 
 
 def encode_png(img: Image.Image) -> bytes:
-    """Lossless 8-bit RGB PNG with fixed settings: IHDR, IDAT, IEND only (no ICC, EXIF, dpi...)."""
-    arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    """Lossless 8-bit PNG with fixed settings: IHDR, IDAT, IEND only (no ICC, EXIF, dpi...); grayscale
+    for a mode L image (a 1-channel source), RGB for anything else."""
+    arr = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
     return imagecodecs.png_encode(np.ascontiguousarray(arr), level=PNG_LEVEL, filter=PNG_FILTER,
                                   strategy=PNG_STRATEGY)
 
@@ -108,15 +110,36 @@ def png_encoder() -> str:
             f"{imagecodecs.zlib_version()}), filter=paeth, strategy=rle, level={PNG_LEVEL}")
 
 
-def render(data, sizes: Iterable[int], method: str = "box",
-           exif_transpose: bool = False) -> Tuple[Dict[int, bytes], Tuple[int, int]]:
-    """Decode once, then one PNG per size. Raises SkipImage for unusable input."""
+BINARIZE_METHODS = ("threshold", "stochastic")
+THRESHOLD = 127   # threshold binarization: v > 127 is 1
+
+
+def binarize(img: Image.Image, method: str, seed: Sequence[int]) -> Image.Image:
+    """A mode L image -> its binarization, stored as 0/255 (shardformat, levels=2). threshold: v > 127;
+    stochastic: Bernoulli(v / 255) drawn from default_rng(seed), `seed` naming the sample (and size), so
+    the result does not depend on which worker renders it."""
+    v = np.asarray(img)
+    if method == "threshold":
+        bits = v > THRESHOLD
+    elif method == "stochastic":
+        bits = np.random.default_rng(list(seed)).random(v.shape) < v / 255.0
+    else:
+        raise ValueError(f"unknown binarization {method!r}")
+    return Image.fromarray(bits.astype(np.uint8) * 255, "L")
+
+
+def render(data, sizes: Iterable[int], method: str = "box", exif_transpose: bool = False,
+           binarization: Optional[Tuple[str, Sequence[int]]] = None) -> Tuple[Dict[int, bytes], Tuple[int, int]]:
+    """Decode once, then one PNG per size, binarized after the resize with `binarization` = (method, seed).
+    Raises SkipImage for unusable input."""
     img, orig = decode(data, exif_transpose)
     out = {}
     for size in sizes:
         if img.size == (size, size) and method in RESIZE_METHODS:
-            small = img.copy()  # already the right size (CIFAR, npz): taken as is
+            small = img.copy()  # already the right size (CIFAR, npz, MNIST): taken as is
         else:
             small = resize(img, size, method)
+        if binarization is not None:
+            small = binarize(small, binarization[0], (*binarization[1], size))
         out[size] = encode_png(small)
     return out, orig

@@ -21,7 +21,8 @@ from typing import Dict, List
 import numpy as np
 import PIL
 
-from shardformat import FORMAT, FormatError, check_manifest, manifest_path, shard_glob, size_dir
+from shardformat import (DEFAULT_CHANNELS, DEFAULT_LEVELS, FORMAT, FormatError, check_manifest, manifest_path,
+                         shard_glob, size_dir)
 
 from .errors import PreprocessError
 from .fsutil import atomic_write_json, read_json, sha256_file
@@ -102,7 +103,10 @@ def make_manifest(state: dict, shards: List[dict], skipped: List[dict]) -> dict:
             "num_samples": sum(s["count"] for s in shards), "shard_size": p["shard_size"],
             "shards": shards, "classes": state["classes"], "num_classes": len(state["classes"]),
             "skipped": skipped, "params": p, "versions": versions(),
-            "source_kind": state["source_kind"]}
+            "source_kind": state["source_kind"],
+            # absent from states written before channels/levels existed: those are RGB, 256 levels
+            "channels": state.get("channels", DEFAULT_CHANNELS), "levels": state.get("levels", DEFAULT_LEVELS),
+            **({"variant": state["variant"]} if state.get("variant") else {})}
 
 
 def write_manifest(out: Path, size: int, split: str, manifest: dict) -> None:

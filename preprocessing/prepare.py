@@ -2,6 +2,7 @@
 
     prepare_synthetic(root, 8, train_images=256, val_images=64, classes=4)
     prepare_photos(root, 32, val_scenes=["chelsea", "coffee"])   # crops of the photos shipped in wheels
+    prepare_fashion_mnist(root, 28, binarize="threshold")        # Debian's dataset-fashion-mnist (apt)
     -> <root>/<size>/train-*.tar + train.json, <root>/<size>/val-*.tar + val.json (nothing is done when both exist)
 
 The launcher calls these before it submits a job whose config asks for them (`data.prepare: synthetic`),
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from shardformat import manifest_path
 
 from .builder import build
+from .errors import PreprocessError
 from .photos import make_photo_crops
 from .synthetic import make_synthetic
 
@@ -66,4 +68,30 @@ def prepare_photos(root, size: int, val_scenes: Sequence[str], shard_size: int =
         build(tree / split, split, [size], root, shard_size=shard_size, seed=seed, progress=False)
         print(f"prepared {record['counts'][split]} photo crops ({split}) as shards in {root / str(size)}")
     print(f"  photos and split: {tree / 'photos.json'}")
+    return True
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")   # where `apt-get install dataset-fashion-mnist` puts it
+
+
+def prepare_fashion_mnist(root, size: int = 28, binarize: Optional[str] = None, shard_size: int = 2500,
+                          seed: int = 0, train_split: str = "train", val_split: str = "val",
+                          source: Path = FASHION_MNIST) -> bool:
+    """Fashion-MNIST from Debian's package: the 60,000 train images -> `train_split`, the 10,000 t10k (test)
+    images -> `val_split`, 1-channel shards at `size` (28: as they are), binarized with `binarize`
+    ("threshold": v > 127; "stochastic", seeded by `seed`) when given. Returns False when both were there."""
+    root = Path(root)
+    if _ready(root, size, (train_split, val_split)):
+        return False
+    source = Path(source)
+    if not (source / "train-images-idx3-ubyte.gz").is_file():
+        raise PreprocessError(f"Fashion-MNIST is not installed ({source} has no train-images-idx3-ubyte.gz): "
+                              "run `apt-get install dataset-fashion-mnist`")
+    for split in (train_split, val_split):
+        # the IDX folder gives train-* for the split named "train", t10k-* for any other name
+        files = source / ("train-images-idx3-ubyte.gz" if split == train_split else "t10k-images-idx3-ubyte.gz")
+        m = build(files, split, [size], root, shard_size=shard_size, seed=seed, binarize=binarize,
+                  progress=False)[size]
+        print(f"prepared {m['num_samples']} Fashion-MNIST images ({split}, {m['variant']}) as shards in "
+              f"{root / str(size)}")
     return True

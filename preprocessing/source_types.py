@@ -23,7 +23,10 @@ class Source:
     kind: str                 # e.g. "imagenet-train-tar"; recorded in the manifest
     classes: List[str]        # label order: label i is classes[i] (sorted names)
     items: List[Item]
-    reader: Callable[[Any], Any]   # ref -> bytes or HxWx3 uint8 array; must pickle to workers
+    reader: Callable[[Any], Any]   # ref -> bytes, HxWx3 or HxW (grayscale) uint8 array; must pickle to workers
+    channels: int = 3         # 1: the reader gives HxW arrays, written as mode-L PNGs (shardformat)
+    levels: int = 256         # 2: a binary source (values 0/255)
+    variant: str = ""         # the data variant recorded in the manifest, e.g. "fashion-mnist/grayscale"
 
     def fingerprint(self) -> str:
         """Hash of the class list and every (class, source path): detects a changed source on resume."""

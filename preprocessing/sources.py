@@ -3,12 +3,15 @@
 Recognised, in this order:
 
 directory
+  * MNIST-format IDX files (``train-images-idx3-ubyte[.gz]`` + labels, ``t10k-*``) or binarized-MNIST
+    ``binarized_mnist_{train,valid,test}.amat`` (see mnist.py): 1-channel sources
   * CIFAR-10 python batches (``batches.meta`` / ``data_batch_N`` / ``test_batch``)
   * downsampled-ImageNet npz release (``train_data_batch_N[.npz]``, ``val_data[.npz]``)
   * ImageFolder ``<class>/<image>`` (``imagenet-train-dir`` when every class is a wnid): every
     non-hidden file below a class folder is an input; non-images are skipped and listed.
   * a flat folder of images (the ImageNet val folder) + ``--val-labels``
 file
+  * an IDX images file (its labels file beside it) or one ``.amat`` file
   * uncompressed tar of per-class tars (``ILSVRC2012_img_train.tar``): read in place by offset
   * uncompressed tar of ``<class>/<image>`` members (an ImageFolder tar)
   * uncompressed flat tar of images (``ILSVRC2012_img_val.tar``) + ``--val-labels``
@@ -28,6 +31,7 @@ from . import listing_cache
 from .arrays import NPZ_TRAIN, NPZ_VAL, is_cifar_dir, npz_files, open_cifar, open_npz
 from .errors import PreprocessError
 from .labels import LABEL_ORDERS, WNID, label_space, read_val_labels
+from .mnist import is_mnist_dir, is_mnist_file, open_mnist_dir, open_mnist_file
 from .source_types import FileReader, Item, OffsetReader, Source
 
 
@@ -72,6 +76,8 @@ def open_source(source, split: str, val_labels=None, class_map=None, cache_dir=N
 
 
 def _open_dir(path: Path, split, val_labels, class_map, label_order) -> Source:
+    if is_mnist_dir(path):
+        return open_mnist_dir(path, split)
     if is_cifar_dir(path):
         return open_cifar(path, split)
     if any(NPZ_TRAIN.match(p.name) or NPZ_VAL.match(p.name) for p in path.iterdir() if p.is_file()):
@@ -127,6 +133,8 @@ def _labelled_flat(root, names, kind, source_of, val_labels, class_map, reader, 
 
 
 def _open_file(path: Path, split, val_labels, class_map, label_order) -> Source:
+    if is_mnist_file(path):
+        return open_mnist_file(path)
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic[:4] == b"PK\x03\x04":

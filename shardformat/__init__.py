@@ -19,6 +19,11 @@ Manifest fields (`MANIFEST_FIELDS`): `format` (`FORMAT`), `split`, `size`, `num_
 `num_classes`, `skipped` (inputs left out, with the reason), `params` (everything that decided the
 bytes), `versions` (of the libraries that wrote them), `source_kind`.
 
+Optional fields: `channels` (1 or 3; absent = 3) and `levels` (2..256 values per sub-pixel; absent = 256),
+so every older shard set stays valid; `variant` (e.g. `fashion-mnist/binarized-threshold127`). A sample's
+PNG is mode "L" for 1 channel, "RGB" for 3; for levels < 256 it holds v * (255 // (levels - 1)) for the
+value v in 0..levels-1 (binary: 0 and 255, so people can look at it): see :func:`png_step`.
+
 This module imports nothing beyond the standard library.
 """
 from __future__ import annotations
@@ -33,6 +38,9 @@ MEMBER_ORDER = (LABEL, META, IMAGE)
 MANIFEST_FIELDS = ("format", "split", "size", "num_samples", "shard_size", "shards", "classes", "num_classes",
                    "skipped", "params", "versions", "source_kind")
 SHARD_FIELDS = ("name", "count", "sha256")
+CHANNELS = (1, 3)                               # grayscale or RGB
+DEFAULT_CHANNELS, DEFAULT_LEVELS = 3, 256       # what a manifest without the fields holds
+MIN_LEVELS, MAX_LEVELS = 2, 256
 
 PathLike = Union[str, Path]
 
@@ -79,8 +87,32 @@ def check_manifest(manifest: Any, size: int = 0) -> Dict[str, Any]:
         raise FormatError(f"'shards' must be a list of {{{', '.join(SHARD_FIELDS)}}} objects")
     if not shards:
         raise FormatError("it lists no shards")
+    channels, levels = manifest.get("channels", DEFAULT_CHANNELS), manifest.get("levels", DEFAULT_LEVELS)
+    if type(channels) is not int or channels not in CHANNELS:
+        raise FormatError(f"'channels' is {channels!r}, expected one of {', '.join(map(str, CHANNELS))}")
+    if type(levels) is not int or not MIN_LEVELS <= levels <= MAX_LEVELS:
+        raise FormatError(f"'levels' is {levels!r}, expected an integer in {MIN_LEVELS}..{MAX_LEVELS}")
     return manifest
 
 
+def channels_of(manifest: Dict[str, Any]) -> int:
+    """The manifest's image channels: 1 (mode L PNGs) or 3 (RGB, also when the field is absent)."""
+    return int(manifest.get("channels", DEFAULT_CHANNELS))
+
+
+def levels_of(manifest: Dict[str, Any]) -> int:
+    """The manifest's values per sub-pixel, 2..256 (256 when the field is absent)."""
+    return int(manifest.get("levels", DEFAULT_LEVELS))
+
+
+def png_step(levels: int) -> int:
+    """The PNG holds value v (0..levels-1) as v * png_step(levels): 255 for binary, 1 for 256 levels."""
+    if not MIN_LEVELS <= levels <= MAX_LEVELS:
+        raise FormatError(f"levels {levels!r} outside {MIN_LEVELS}..{MAX_LEVELS}")
+    return 255 // (levels - 1)
+
+
 __all__ = ["FORMAT", "IMAGE", "LABEL", "META", "MEMBER_ORDER", "MANIFEST_FIELDS", "SHARD_FIELDS", "FormatError",
+           "CHANNELS", "DEFAULT_CHANNELS", "DEFAULT_LEVELS", "MIN_LEVELS", "MAX_LEVELS", "channels_of", "levels_of",
+           "png_step",
            "size_dir", "shard_name", "shard_glob", "manifest_path", "check_manifest"]

@@ -95,6 +95,11 @@ def prepare_data(cfg: ExperimentConfig) -> None:
                                         val_images=d.synthetic_val_images, classes=d.synthetic_classes, **splits)
     elif d.prepare == "photos":
         preprocessing.prepare_photos(d.root, cfg.model.image_size, val_scenes=d.photo_val_scenes, **splits)
+    elif d.prepare in ("fashion_mnist", "fashion_mnist_binarized"):
+        # 60,000 images: the library's shard size (2,500 a shard), not data.shard_size's (sized for toy sets)
+        preprocessing.prepare_fashion_mnist(d.root, cfg.model.image_size, seed=cfg.train.seed,
+                                            train_split=d.train_split, val_split=d.val_split,
+                                            binarize="threshold" if d.prepare == "fashion_mnist_binarized" else None)
 
 
 def submit_training(cfg: JobConfig, use_slurm: bool, folder: Path, follow: bool) -> int:

@@ -18,6 +18,7 @@ from pipeline.compression.__main__ import main
 from pipeline.compression.codec import (CompressError, decode_file, encode_images, load_model, probe_sha256,
                                         read_images)
 from pipeline.models import ARCHITECTURES, build_model
+from pipeline.tracking.baselines import split_codec_bits_per_dim
 
 torch.set_num_threads(1)
 SIZE = 8
@@ -337,7 +338,7 @@ def test_wrong_size_or_mode_refused_or_converted_and_said(tmp_path, capsys):
 
 
 def test_compare_prints_the_table_from_one_real_round_trip(tmp_path, smoke_data, capsys):
-    """`compare` on a shard split: PNG, WebP, the .prc file, its payload and the model, one table."""
+    """`compare` on a shard split: PNG, WebP, JPEG XL, the .prc file, its payload and the model, one table."""
     ckpt = export(tmp_path / "model.pt", "row_lstm")
     assert main(["compare", "--checkpoint", ckpt, "--data", str(smoke_data), "--batch-size", "32",
                  "--out", str(tmp_path / "val.prc"), "--no-progress"]) == 0
@@ -345,10 +346,13 @@ def test_compare_prints_the_table_from_one_real_round_trip(tmp_path, smoke_data,
     rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in out.splitlines()
             if line.startswith("| ") and not line.startswith("| codec")}
     assert set(rows) == {"PNG (Pillow, optimize=True)", "WebP lossless (Pillow, method 6)",
+                         "JPEG XL lossless (libjxl, effort 9)",
                          ".prc file, this coder (64 images in one file, header included)",
                          "range-coded payload alone", "model: sum of -log2 p (incremental pass, float32)",
                          "model: bits/dim of the whole-image forward (as validation)"}
     assert "round trip exact: yes (64 images)" in out
+    assert rows["JPEG XL lossless (libjxl, effort 9)"] == pytest.approx(
+        split_codec_bits_per_dim(smoke_data, 8, "val")["jpegxl"], abs=5e-5)
     file_bpd = rows[".prc file, this coder (64 images in one file, header included)"]
     assert (tmp_path / "val.prc").stat().st_size * 8 / (64 * 3 * 8 * 8) == pytest.approx(file_bpd, abs=1e-4)
     assert abs(rows["model: sum of -log2 p (incremental pass, float32)"]

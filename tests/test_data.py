@@ -11,11 +11,14 @@ import tarfile
 import pytest
 import torch
 
-from helpers import read_samples
+from helpers import mnist_like, read_samples, write_idx
 from pipeline.data.plan import EvalPlan
-from pipeline.data.shards import ShardError, eval_batches, iterate_eval, load_shard_set, read_spans
+from pipeline.data.shards import ShardError, decode_sample, eval_batches, iterate_eval, load_shard_set, read_spans
 from pipeline.data.stream import TrainStream, train_loader
 from pipeline.train.evaluate import evaluate_bits_per_dim
+from preprocessing import build
+from preprocessing.mnist import IMAGES_MAGIC, LABELS_MAGIC
+from shardformat import FormatError, check_manifest
 
 
 def stream(data, rank=0, world=2, workers=2, seed=0, micro=8, **kw):
@@ -216,3 +219,69 @@ def test_a_span_starts_at_its_sample_in_builder_shards_and_in_any_tar(smoke_data
     assert [s["png"] for s in read_spans(odd, [(0, 4, 6)])] == [b"x" * 104, b"x" * 105]
     with pytest.raises(ShardError, match="long.tar ends after 6 samples"):
         list(read_spans(odd, [(0, 5, 7)]))
+
+
+# ---------------------------------------------------------------- 1-channel and binary shards (issue 22)
+@pytest.fixture(scope="module")
+def mnist_shards(tmp_path_factory):
+    """A generated IDX folder built twice by the real builder: grayscale (levels 256) and thresholded (levels 2)."""
+    root = tmp_path_factory.mktemp("mnist")
+    images, labels = mnist_like(40, 1)
+    write_idx(root / "src" / "train-images-idx3-ubyte.gz", images, IMAGES_MAGIC, True)
+    write_idx(root / "src" / "train-labels-idx1-ubyte.gz", labels, LABELS_MAGIC, True)
+    build(root / "src", "train", [28], root / "gray", shard_size=10, progress=False)
+    build(root / "src", "train", [28], root / "bin", shard_size=10, progress=False, binarize="threshold")
+    return root, images
+
+
+def _all(shards):
+    """Every sample of a split as spans, in shard order."""
+    return [(i, 0, n) for i, (_, n) in enumerate(shards.shards)]
+
+
+def _rows(shards):
+    """The IDX row of every sample of a split, in shard order (keys are train_<row>)."""
+    return [int(s["__key__"].rsplit("_", 1)[1]) for s in read_spans(shards, _all(shards))]
+
+
+@pytest.mark.parametrize("variant, levels", [("gray", 256), ("bin", 2)])
+def test_1_channel_shards_decode_to_values_0_to_levels_minus_1(mnist_shards, variant, levels):
+    root, images = mnist_shards
+    shards = load_shard_set(root / variant, 28, "train")
+    assert (shards.channels, shards.levels) == (1, levels)
+    x = torch.cat(list(eval_batches(shards, _all(shards), 16)))
+    expected = images if levels == 256 else (images > 127).astype("uint8")
+    assert x.dtype == torch.uint8 and x.shape == (40, 1, 28, 28)
+    assert torch.equal(x[:, 0], torch.from_numpy(expected[_rows(shards)]))
+
+
+def test_the_train_stream_gives_1_channel_batches(mnist_shards):
+    root, _ = mnist_shards
+    s = TrainStream(load_shard_set(root / "bin", 28, "train"), 8, 0, 0, 1, 1, 40)
+    b = next(train_loader(s))
+    assert b.shape == (8, 1, 28, 28) and int(b.max()) == 1 and int(b.min()) == 0
+
+
+def test_a_png_value_that_is_no_level_is_a_shard_error(mnist_shards):
+    root, _ = mnist_shards
+    shards = load_shard_set(root / "gray", 28, "train")
+    sample = next(read_spans(shards, [(0, 0, 1)]))
+    with pytest.raises(ShardError, match="not multiples of 255 in 0..255: not a 2-level image"):
+        decode_sample(sample, 28, 1, 2)   # grayscale pixels read as if binary
+    rgb = decode_sample(sample, 28)[0]    # the defaults: 3 channels, 256 levels (older shard sets)
+    assert rgb.shape == (3, 28, 28) and torch.equal(rgb[0], shards.decode(sample)[0][0])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("channels", 2, "'channels' is 2, expected one of 1, 3"),
+    ("channels", "1", "'channels' is '1'"),
+    ("levels", 1, "'levels' is 1, expected an integer in 2..256"),
+    ("levels", 257, "'levels' is 257"),
+])
+def test_check_manifest_refuses_bad_channels_and_levels(smoke_data, field, value, message):
+    manifest = json.loads((smoke_data / "8" / "train.json").read_text())
+    check_manifest(dict(manifest))
+    without = {k: v for k, v in manifest.items() if k not in ("channels", "levels")}
+    assert check_manifest(without) is without   # older manifests: 3 channels, 256 levels
+    with pytest.raises(FormatError, match=message):
+        check_manifest({**manifest, field: value})

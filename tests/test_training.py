@@ -106,7 +106,7 @@ def test_training_lowers_validation_bits_per_dim(zero2):
 
 
 def test_codec_baselines_are_logged_to_the_same_run(zero3, smoke_data):
-    """tracking.codec_baselines: PNG and WebP lossless bits/dim of the validation split, in the run's summary
+    """tracking.codec_baselines: PNG, WebP and JPEG XL lossless bits/dim of the validation split, in the run's summary
     (every rank's) and its MLflow metrics, equal to measuring the split directly."""
     from pipeline.tracking.baselines import split_codec_bits_per_dim
     base, _ = zero3
@@ -114,6 +114,7 @@ def test_codec_baselines_are_logged_to_the_same_run(zero3, smoke_data):
     direct = split_codec_bits_per_dim(smoke_data, 8, "val")
     assert direct["images"] == 64 and 0 < direct["webp"] < 16 and 0 < direct["png"] < 16
     assert final["png_bits_per_dim"] == direct["png"] and final["webp_bits_per_dim"] == direct["webp"]
+    assert final["jpegxl_bits_per_dim"] == direct["jpegxl"] and 0 < direct["jpegxl"] < 16
     client, (run,) = _runs(base / "c.db")
     assert run.data.metrics["png_bits_per_dim"] == direct["png"]
     assert run.data.metrics["webp_bits_per_dim"] == direct["webp"]

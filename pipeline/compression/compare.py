@@ -1,6 +1,8 @@
-"""`python -m pipeline.compression compare`: bits/dim of PNG, WebP lossless and the model's coder on one split.
+"""`python -m pipeline.compression compare`: bits/dim of PNG, WebP lossless, JPEG XL lossless and the model's coder
+on one split.
 
-One run measures all of them on the same images: PNG and WebP files of each image (pipeline/tracking/baselines.py),
+One run measures all of them on the same images: PNG, WebP and JPEG XL files of each image
+(pipeline/tracking/baselines.py),
 the model's bits/dim (its whole-image forward, as training's validation reports it), and a real round
 trip through the coder (encode to one .prc file, decode it, compare every pixel). Prints a Markdown table.
 """
@@ -12,14 +14,13 @@ from typing import Optional
 import torch
 
 from pipeline.compression.codec import decode_file, encode_images, load_model
-from pipeline.compression.rangecoding import bits_per_dim
-from pipeline.data.shards import split_batches
+from pipeline.data.shards import load_shard_set, split_batches
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.tracking.baselines import codec_bits_per_dim, webp_available
 
 
 def split_images(root: str, size: int, split: str) -> torch.Tensor:
-    """Every image of a shard split, uint8 [N, 3, size, size], in shard order."""
+    """Every image of a shard split, uint8 [N, channels, size, size], in shard order."""
     return torch.cat(list(split_batches(root, size, split, 256)))
 
 
@@ -38,7 +39,7 @@ def compare(checkpoint: str, root: str, split: str = "val", batch_size: int = 64
     size = model.image_size
     x = split_images(root, size, split)
     n = len(x)
-    codecs = codec_bits_per_dim([x])
+    codecs = codec_bits_per_dim([x], levels=load_shard_set(root, size, split).levels)
     forward = model_bits_per_dim(model, x, batch_size)
     data, enc = encode_images(model, sha, x, None, str(Path(checkpoint).resolve()), batch_size, "float32",
                               threads, progress)
@@ -50,11 +51,11 @@ def compare(checkpoint: str, root: str, split: str = "val", batch_size: int = 64
     rows = [("PNG (Pillow, optimize=True)", png)]
     if webp_available():
         rows.append(("WebP lossless (Pillow, method 6)", codecs["webp"]))
-    rows += [(f".prc file, this coder ({n} images in one file, header included)",
-              bits_per_dim(enc["file_bits"], n, size, model.channels)),
-             ("range-coded payload alone", bits_per_dim(enc["payload_bits"], n, size, model.channels)),
-             ("model: sum of -log2 p (incremental pass, float32)",
-              bits_per_dim(enc["ideal_bits"], n, size, model.channels)),
+    rows.append(("JPEG XL lossless (libjxl, effort 9)", codecs["jpegxl"]))
+    dims = n * x[0].numel()   # sub-pixels: channels x size x size per image (1 or 3 channels)
+    rows += [(f".prc file, this coder ({n} images in one file, header included)", enc["file_bits"] / dims),
+             ("range-coded payload alone", enc["payload_bits"] / dims),
+             ("model: sum of -log2 p (incremental pass, float32)", enc["ideal_bits"] / dims),
              ("model: bits/dim of the whole-image forward (as validation)", forward)]
     lines = [f"{split} split of {root}: {n} images {size}x{size}, model {model.config['name']} "
              f"({checkpoint})", "", "| codec | bits/dim | vs PNG |", "|---|---|---|"]

@@ -23,7 +23,9 @@ class DataConfig:
     shuffle_buffer: int = 1000
     on_corrupt: str = "error"       # error | skip: what a corrupt sample or shard does at training time
     # Smoke / local runs: build a small generated dataset with the real preprocessing code when root is empty.
-    prepare: str = "none"           # none | synthetic | photos (crops of the photos shipped in installed wheels)
+    # none | synthetic | photos (crops of the photos shipped in installed wheels) | fashion_mnist |
+    # fashion_mnist_binarized (threshold 127): Debian's dataset-fashion-mnist, train -> train_split, t10k -> val_split
+    prepare: str = "none"
     photo_val_scenes: List[str] = field(default_factory=lambda: ["chelsea", "coffee"])  # photos: held out
     synthetic_images: int = 256
     synthetic_val_images: int = 64

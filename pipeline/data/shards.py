@@ -1,6 +1,7 @@
 """Streaming input from the webdataset shards written by `preprocessing`, in the format both sides import
-from `shardformat`: `<root>/<size>/<split>-000000.tar`, each sample `png` (size×size RGB), `cls`, `json`,
-and a manifest `<root>/<size>/<split>.json` listing every shard with its sample count and sha256.
+from `shardformat`: `<root>/<size>/<split>-000000.tar`, each sample `png` (size×size, RGB or grayscale), `cls`,
+`json`, and a manifest `<root>/<size>/<split>.json` listing every shard with its sample count and sha256, and
+the images' `channels` (1 or 3) and `levels` (2..256; the PNG holds v * (255 // (levels - 1))).
 
 Which samples a reader reads is the data plan's (`plan.py`); this module reads them: a split as its
 manifest describes it, decoding, samples [first, end) of a shard, whole-split iteration (the tools).
@@ -25,7 +26,8 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 
 from pipeline.data.manifest import ShardError, read_manifest
 from pipeline.data.plan import Span
-from shardformat import IMAGE, LABEL, manifest_path, size_dir
+from shardformat import (DEFAULT_CHANNELS, DEFAULT_LEVELS, IMAGE, LABEL, channels_of, levels_of, manifest_path,
+                         png_step, size_dir)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,20 @@ class ShardSet:
     def num_samples(self) -> int:
         return sum(n for _, n in self.shards)
 
+    @property
+    def channels(self) -> int:
+        """1 (grayscale) or 3 (RGB), from the manifest."""
+        return channels_of(self.manifest)
+
+    @property
+    def levels(self) -> int:
+        """Values per sub-pixel (2..256), from the manifest: decoded images hold 0..levels-1."""
+        return levels_of(self.manifest)
+
+    def decode(self, sample: Dict) -> Tuple[torch.Tensor, int]:
+        """`decode_sample` with this split's size, channels and levels."""
+        return decode_sample(sample, self.size, self.channels, self.levels)
+
 
 def load_shard_set(root: str | Path, size: int, split: str) -> ShardSet:
     """Read and check `<root>/<size>/<split>.json`; every shard it lists must exist and be non-empty."""
@@ -61,19 +77,29 @@ def load_shard_set(root: str | Path, size: int, split: str) -> ShardSet:
     return ShardSet(directory, split, size, shards, list(manifest["classes"]), manifest, digest)
 
 
-def decode_sample(sample: Dict, size: int) -> Tuple[torch.Tensor, int]:
-    """png bytes -> uint8 [3, size, size]; cls -> int. Raises ShardError naming the shard and key."""
+def decode_sample(sample: Dict, size: int, channels: int = DEFAULT_CHANNELS,
+                  levels: int = DEFAULT_LEVELS) -> Tuple[torch.Tensor, int]:
+    """png bytes -> uint8 [channels, size, size] with values 0..levels-1 (the PNG's v // (255 // (levels - 1)));
+    cls -> int. Raises ShardError naming the shard and key, also for a value that is not a level's."""
     where = f"sample {sample.get('__key__')!r} of shard {sample.get('__url__')}"
     try:
         img = Image.open(io.BytesIO(sample[IMAGE]))
         img.load()
-        arr = np.asarray(img.convert("RGB"))
+        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
         label = int(sample[LABEL])
     except Exception as e:  # PIL raises many types for damaged data
         raise ShardError(f"cannot decode {where}: {type(e).__name__}: {e}") from None
-    if arr.shape != (size, size, 3):
+    if arr.shape[:2] != (size, size):
         raise ShardError(f"{where} is {arr.shape[1]}×{arr.shape[0]}, expected {size}×{size}")
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), label
+    if levels < 256:
+        step = png_step(levels)
+        values, rest = np.divmod(arr, step)
+        if rest.any() or values.max(initial=0) >= levels:
+            raise ShardError(f"{where} holds values that are not multiples of {step} in 0..255: not a "
+                             f"{levels}-level image")
+        arr = values.astype(np.uint8)
+    t = torch.from_numpy(arr.copy())
+    return (t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1)).contiguous(), label
 
 
 def raising_handler(exn: Exception) -> bool:
@@ -154,27 +180,31 @@ def _seek_with_tarfile(f: BinaryIO, first: int) -> int:
 def eval_batches(shards: ShardSet, spans: Iterable[Span], batch_size: int) -> Iterator[torch.Tensor]:
     """uint8 batches of the samples of `spans` in order (the last may be short): one rank's share of an
     evaluation (`EvalPlan.spans`)."""
-    return _batched(read_spans(shards, spans), shards.size, batch_size)
+    return _batched(read_spans(shards, spans), shards.size, batch_size, channels=shards.channels,
+                    levels=shards.levels)
 
 
 def split_batches(root: str | Path, size: int, split: str, batch_size: int) -> Iterator[torch.Tensor]:
     """uint8 batches of a whole split in shard order (the last may be short), on one process: what the
     tools that look at a split outside training read (sampling, figures, codec baselines, compare)."""
     shards = load_shard_set(root, size, split)
-    return iterate_eval([p for p, _ in shards.shards], size, batch_size)
+    return iterate_eval([p for p, _ in shards.shards], size, batch_size, channels=shards.channels,
+                        levels=shards.levels)
 
 
-def iterate_eval(paths: List[Path], size: int, batch_size: int, max_batches: int = 0) -> Iterator[torch.Tensor]:
-    """uint8 batches of the given shards in order (the last may be short)."""
+def iterate_eval(paths: List[Path], size: int, batch_size: int, max_batches: int = 0,
+                 channels: int = DEFAULT_CHANNELS, levels: int = DEFAULT_LEVELS) -> Iterator[torch.Tensor]:
+    """uint8 batches [B, channels, size, size] of the given shards in order (the last may be short)."""
     samples = wds.tarfile_to_samples(handler=raising_handler)(iter({"url": str(p)} for p in paths))
-    return _batched(samples, size, batch_size, max_batches)
+    return _batched(samples, size, batch_size, max_batches, channels, levels)
 
 
-def _batched(samples: Iterable[Dict], size: int, batch_size: int, max_batches: int = 0) -> Iterator[torch.Tensor]:
+def _batched(samples: Iterable[Dict], size: int, batch_size: int, max_batches: int = 0,
+             channels: int = DEFAULT_CHANNELS, levels: int = DEFAULT_LEVELS) -> Iterator[torch.Tensor]:
     batch: List[torch.Tensor] = []
     count = 0
     for s in samples:
-        batch.append(decode_sample(s, size)[0])
+        batch.append(decode_sample(s, size, channels, levels)[0])
         if len(batch) == batch_size:
             yield torch.stack(batch)
             batch, count = [], count + 1

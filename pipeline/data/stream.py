@@ -17,7 +17,7 @@ import torch
 import webdataset as wds
 
 from pipeline.data.plan import TrainPlan
-from pipeline.data.shards import (ShardError, ShardSet, decode_sample, raising_handler, read_spans,
+from pipeline.data.shards import (ShardError, ShardSet, raising_handler, read_spans,
                                      skipping_handler)
 from shardformat import IMAGE, LABEL
 
@@ -80,12 +80,13 @@ class TrainStream(torch.utils.data.IterableDataset):
             images = []
             for s in raw:
                 try:
-                    images.append(decode_sample(s, self.shards.size)[0])
+                    images.append(self.shards.decode(s)[0])
                 except ShardError:
                     if self.on_corrupt == "error":
                         raise
                     log.warning("skipping undecodable sample %s of %s", s.get("__key__"), s.get("__url__"))
-                    images.append(images[-1] if images else torch.zeros(3, self.shards.size, self.shards.size,
+                    size = self.shards.size
+                    images.append(images[-1] if images else torch.zeros(self.shards.channels, size, size,
                                                                         dtype=torch.uint8))
             yield torch.stack(images)
 

@@ -20,7 +20,8 @@ from .launch import (REPO, free_port, hex_losses, kill_tree, metrics, mlflow_sto
                      signal_groups, train_2ranks)
 from .mlflow_runs import COMMON, SMOKE_RUNS, make_smoke_store  # noqa: E402
 from .mlflow_ui import CHROMIUM, browse, mlflow_ui, shown, ui_urls  # noqa: E402
-from .prep import encode, noise_image, output_bytes, read_samples, run_cli, write  # noqa: E402
+from .prep import (encode, mnist_like, noise_image, output_bytes, read_samples, run_cli, write,  # noqa: E402
+                   write_amat, write_idx)
 from .slurm_jobs import (FAST, hostnames, job_id, one_mlflow_run, resumed_steps, sacct_job, scontrol_job,  # noqa: E402
                          start, submit_cmd, task_pids, wait, wait_until_idle)
 from .tiny_models import ALL, ARCHS, TINY, changed_matrix, peaky, perturb_each_subpixel, tiny  # noqa: E402
@@ -32,7 +33,8 @@ __all__ = [
     "train_2ranks",
     "COMMON", "SMOKE_RUNS", "make_smoke_store",
     "CHROMIUM", "browse", "mlflow_ui", "shown", "ui_urls",
-    "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write",
+    "encode", "noise_image", "output_bytes", "read_samples", "run_cli", "write", "mnist_like", "write_amat",
+    "write_idx",
     "FAST", "hostnames", "job_id", "one_mlflow_run", "resumed_steps", "sacct_job", "scontrol_job", "start",
     "submit_cmd", "task_pids", "wait", "wait_until_idle",
     "ALL", "ARCHS", "TINY", "changed_matrix", "peaky", "perturb_each_subpixel", "tiny",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import tarfile
@@ -67,3 +69,23 @@ def run_cli(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "preprocessing", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd or REPO, env=env, timeout=120)
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool) -> Path:
+    """An IDX file (MNIST's format): big-endian magic and dims, then the uint8 data; gzipped if `compress`."""
+    raw = struct.pack(f">I{array.ndim}I", magic, *array.shape) + np.ascontiguousarray(array, np.uint8).tobytes()
+    return write(Path(path), gzip.compress(raw, mtime=0) if compress else raw)
+
+
+def mnist_like(n: int, seed: int = 0, side: int = 28):
+    """n grayscale side x side images (uint8, with 0 and 255 present) and labels 0..9."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, side, side), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = 0, 255
+    return images, rng.integers(0, 10, n).astype(np.uint8)
+
+
+def write_amat(path: Path, bits: np.ndarray) -> Path:
+    """A binarized-MNIST .amat file: one line of 784 space-separated 0/1 values per image."""
+    lines = [" ".join(map(str, row.ravel().tolist())) for row in bits]
+    return write(Path(path), ("\n".join(lines) + "\n").encode())
