@@ -41,6 +41,7 @@ from pipeline.train.engine import initialize, loss_scale, model_config
 from pipeline.train.evaluate import evaluate_bits_per_dim
 from pipeline.train.heartbeat import Heartbeat
 from pipeline.train.numerics import set_numerics
+from shardformat import channels_of, levels_of
 
 log = logging.getLogger("pipeline.train")
 
@@ -52,8 +53,7 @@ class NonFiniteLossError(RuntimeError):
 def check_data_matches_model(model: Any, manifest: Dict[str, Any], root: str) -> None:
     """Refuse, before DeepSpeed starts, a model whose `channels` or `levels` differ from the shards' (a
     manifest without them holds 3-channel 256-level images), in one line naming both and the fix."""
-    # ShardSet.channels/.levels (issue 22's data half) read the same manifest keys with the same defaults.
-    data = {"channels": int(manifest.get("channels", 3)), "levels": int(manifest.get("levels", 256))}
+    data = {"channels": channels_of(manifest), "levels": levels_of(manifest)}  # the format's own defaults
     what = {"channels": "{}-channel images", "levels": "images of {} levels"}
     for key, value in data.items():
         if getattr(model, key) != value:
