@@ -128,7 +128,7 @@ def test_four_ranks_on_two_nodes_time_out_requeue_matches_uninterrupted(tmp_path
     assert _shard_files(ckpt) == [f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4)]
     assert sorted(p.name for p in ckpt.glob("rng_rank*.pt")) == [f"rng_rank{r}.pt" for r in range(4)]
     val_images = json.loads((smoke_data / "8" / "val.json").read_text())["num_samples"]
-    assert val_images == 64 and f"step {steps}: val " in out and f"bits/dim over {val_images} images" in out
+    assert val_images == 64 and f"step {steps}: val " in out and f"nats/image) over {val_images} images" in out
     print(f"2x2 time-out: resumed at step {resumed[0]}, {time.time() - t0:.0f} s in all")
 
 
