@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import time
 from typing import Any, Dict, Optional
 
@@ -120,6 +121,12 @@ class Trainer(submitit.helpers.Checkpointable):
                     int(restarts) + 1)
         try:
             submitit_handler(signal.SIGUSR2, None)
+        except subprocess.CalledProcessError as err:
+            if err.returncode != -signal.SIGTERM:
+                raise
+            # SLURM's requeue ends every process of the job with SIGTERM, the `scontrol requeue` that submitit
+            # runs included: killed before it could exit, it had requeued the job already.
+            log.warning("the requeue is under way (SLURM ended `scontrol requeue` with the job's SIGTERM)")
         except submitit.core.utils.UncompletedJobError as err:
             log.error("NOT REQUEUED: %s The time-out requeue limit (slurm.max_num_timeout=%d) is reached; "
                       "the job ends at its time limit (state TIMEOUT). The checkpoint is kept: submit the "
