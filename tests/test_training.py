@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import REPO, hex_losses, metrics, train_2ranks
 
-from pipeline.data.shards import iterate_eval, load_shard_set
+from pipeline.data.shards import split_batches
 from pipeline.train.weights import consolidated_state
 
 pytestmark = pytest.mark.slow  # 2-rank DeepSpeed launches
@@ -170,7 +170,7 @@ def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_d
     from PIL import Image
 
     from pipeline.compression.__main__ import main as compress
-    x = next(iterate_eval([p for p, _ in load_shard_set(smoke_data, 8, "val").shards], 8, 4))
+    x = next(split_batches(smoke_data, 8, "val", 4))
     paths = []
     for k, img in enumerate(x.permute(0, 2, 3, 1).numpy()):
         paths.append(str(tmp_path / f"v{k}.png"))

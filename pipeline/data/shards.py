@@ -20,7 +20,6 @@ from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional,
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
@@ -179,36 +178,19 @@ def _seek_with_tarfile(f: BinaryIO, first: int) -> int:
 
 def eval_batches(shards: ShardSet, spans: Iterable[Span], batch_size: int) -> Iterator[torch.Tensor]:
     """uint8 batches of the samples of `spans` in order (the last may be short): one rank's share of an
-    evaluation (`EvalPlan.spans`)."""
-    return _batched(read_spans(shards, spans), shards.size, batch_size, channels=shards.channels,
-                    levels=shards.levels)
+    evaluation (`EvalPlan.spans`), or a whole split (`split_batches`)."""
+    batch: List[torch.Tensor] = []
+    for s in read_spans(shards, spans):
+        batch.append(shards.decode(s)[0])
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
 
 
 def split_batches(root: str | Path, size: int, split: str, batch_size: int) -> Iterator[torch.Tensor]:
     """uint8 batches of a whole split in shard order (the last may be short), on one process: what the
     tools that look at a split outside training read (sampling, figures, codec baselines, compare)."""
     shards = load_shard_set(root, size, split)
-    return iterate_eval([p for p, _ in shards.shards], size, batch_size, channels=shards.channels,
-                        levels=shards.levels)
-
-
-def iterate_eval(paths: List[Path], size: int, batch_size: int, max_batches: int = 0,
-                 channels: int = DEFAULT_CHANNELS, levels: int = DEFAULT_LEVELS) -> Iterator[torch.Tensor]:
-    """uint8 batches [B, channels, size, size] of the given shards in order (the last may be short)."""
-    samples = wds.tarfile_to_samples(handler=raising_handler)(iter({"url": str(p)} for p in paths))
-    return _batched(samples, size, batch_size, max_batches, channels, levels)
-
-
-def _batched(samples: Iterable[Dict], size: int, batch_size: int, max_batches: int = 0,
-             channels: int = DEFAULT_CHANNELS, levels: int = DEFAULT_LEVELS) -> Iterator[torch.Tensor]:
-    batch: List[torch.Tensor] = []
-    count = 0
-    for s in samples:
-        batch.append(decode_sample(s, size, channels, levels)[0])
-        if len(batch) == batch_size:
-            yield torch.stack(batch)
-            batch, count = [], count + 1
-            if max_batches and count >= max_batches:
-                return
-    if batch:
-        yield torch.stack(batch)
+    return eval_batches(shards, [(i, 0, n) for i, (_, n) in enumerate(shards.shards)], batch_size)

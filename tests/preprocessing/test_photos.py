@@ -75,7 +75,7 @@ def test_refusals(tmp_path):
 def test_prepare_photos_builds_shards_for_training(tmp_path):
     """data.prepare: photos (photos32's data step): crops -> shards with the manifest, loadable by training."""
     from pipeline.config import load_config
-    from pipeline.data.shards import iterate_eval, load_shard_set
+    from pipeline.data.shards import load_shard_set, split_batches
     from slurm.submit import prepare_data
     cfg = load_config("photos32", [f"data.root={tmp_path}"])
     prepare_data(cfg)
@@ -84,5 +84,5 @@ def test_prepare_photos_builds_shards_for_training(tmp_path):
         shards = load_shard_set(tmp_path, 32, split)
         assert shards.num_samples == rec["counts"][split]
         assert set(shards.classes) == {p["scene"] for p in rec["photos"] if p["split"] == split}
-    x = next(iterate_eval([p for p, _ in load_shard_set(tmp_path, 32, "val").shards], 32, 8))
+    x = next(split_batches(tmp_path, 32, "val", 8))
     assert x.shape == (8, 3, 32, 32)
