@@ -1,7 +1,8 @@
 """Time of one training micro-batch (8 images, forward + backward + Adam, one thread) of the 28x28 grayscale
-models of the fashion_mnist_* experiments, measured side by side with the RGB 32x32 photos32 model, as a
-ratio to it: what their train.max_steps are sized from (issue 22; README, "Experiments and configs").
-photos32's 1600 steps take 14 min on 2 CPU ranks (README), so a ratio r gives about 14 min * r * steps / 1600.
+models of the fashion_mnist_* experiments, measured side by side, as a ratio to fashion_mnist_pixelcnn: what
+their train.max_steps are sized from, so that all of them get the same time budget (issue 22; README,
+"Fashion-MNIST"). The PixelCNN's measured run (3600 steps on 2 CPU ranks) took PIXELCNN_MIN of steps, so a
+ratio r gives about PIXELCNN_MIN * r * steps / 3600.
 
     python bench/step_time_mnist28.py
 """
@@ -17,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 from pipeline.config import load_config  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 
-EXPERIMENTS = ["fashion_mnist_diagonal_bilstm", "fashion_mnist_row_lstm", "fashion_mnist_pixelcnn", "photos32"]
+EXPERIMENTS = ["fashion_mnist_pixelcnn", "fashion_mnist_row_lstm", "fashion_mnist_diagonal_bilstm",
+               "fashion_mnist_multiscale", "fashion_mnist_binarized_diagonal_bilstm"]
 
 
 def step_time(name: str, batch: int = 8, warmup: int = 2, steps: int = 4) -> float:
@@ -38,17 +40,19 @@ def step_time(name: str, batch: int = 8, warmup: int = 2, steps: int = 4) -> flo
     return (time.perf_counter() - t0) / steps
 
 
-PHOTOS32_MIN_PER_STEP = 14 / 1600  # measured: photos32, 2 CPU ranks (README, "photos32")
+# Measured: fashion_mnist_pixelcnn's training steps on 2 CPU ranks (README, "Fashion-MNIST"), evaluations excluded.
+PIXELCNN_MIN, PIXELCNN_STEPS = 24.0, 3600
 
 
 def main() -> None:
     torch.set_num_threads(1)
     times = {name: step_time(name) for name in EXPERIMENTS}  # side by side, one run
     for name in EXPERIMENTS:
-        ratio = times[name] / times["photos32"]
+        ratio = times[name] / times["fashion_mnist_pixelcnn"]
         steps = load_config(name).train.max_steps
-        print(f"{name}: {times[name]:.3f} s per micro-batch of 8, {ratio:.2f} x photos32; max_steps {steps} -> "
-              f"about {ratio * steps * PHOTOS32_MIN_PER_STEP:.0f} min on 2 CPU ranks")
+        minutes = PIXELCNN_MIN * ratio * steps / PIXELCNN_STEPS
+        print(f"{name}: {times[name]:.3f} s per micro-batch of 8, {ratio:.2f} x the PixelCNN; max_steps {steps} -> "
+              f"about {minutes:.0f} min of steps on 2 CPU ranks")
 
 
 if __name__ == "__main__":

@@ -191,10 +191,11 @@ def report_training(job, cfg: ExperimentConfig) -> int:
         print(f"error: {jobs.describe_failure(job, out)}", file=sys.stderr)
         return 1
     summary = out.results[0]
-    print(f"job {job.job_id} finished: validation {summary['val_bits_per_dim']:.4f} bits/dim after "
-          f"{summary['steps']} steps")
-    codecs = [f"{k.split('_')[0].upper()} {summary[k]:.4f}" for k in ("png_bits_per_dim", "webp_bits_per_dim")
-              if k in summary]
+    nats = summary.get("val_nats_per_image")  # both units: the paper's MNIST results are in nats per image
+    print(f"job {job.job_id} finished: validation {summary['val_bits_per_dim']:.4f} bits/dim"
+          + (f" ({nats:.2f} nats/image)" if nats is not None else "") + f" after {summary['steps']} steps")
+    codecs = [f"{name} {summary[k]:.4f}" for k, name in (("png_bits_per_dim", "PNG"), ("webp_bits_per_dim", "WebP"),
+                                                         ("jpegxl_bits_per_dim", "JPEG XL")) if k in summary]
     if codecs:  # tracking.codec_baselines: the same validation images as files
         print(f"  baselines:   {', '.join(codecs)} bits/dim on the same validation images")
     print(f"  checkpoint:  {summary['checkpoint']}")

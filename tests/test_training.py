@@ -237,3 +237,25 @@ def test_multiscale_at_zero3_samples_during_training_and_finishes(smoke_data, tm
     _ok(proc)
     assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4]
     assert (run / "samples" / "step00000002.png").exists() and (run / "samples" / "step00000004.png").exists()
+
+
+def test_run_figures_draw_the_curve_with_every_logged_baseline_and_a_sample_grid(zero3, smoke_data, tmp_path):
+    """pipeline.tools.run_figures: the curve's series are the run's own (every training step, the validation
+    history from MLflow, the PNG / WebP / JPEG XL values of final_metrics.json), and both PNGs are written."""
+    from PIL import Image
+
+    from pipeline.run_dir import RunDir
+    from pipeline.tools.run_figures import curve_series, main
+    base, _ = zero3
+    run = RunDir(base / "c")
+    final = json.loads(run.final_metrics.read_text())
+    c = curve_series(run)
+    assert c["steps"] == [m["step"] for m in metrics(base / "c")] and len(c["smooth"]) == len(c["train"])
+    assert c["val"][-1] == (final["steps"], final["val_bits_per_dim"])
+    assert {k: v for k, (v, _) in c["baselines"].items()} == {
+        "PNG": final["png_bits_per_dim"], "WebP lossless": final["webp_bits_per_dim"],
+        "JPEG XL lossless": final["jpegxl_bits_per_dim"]}
+    assert c["dims"] == 3 * 8 * 8 and c["split"] == "val"
+    assert main(["--run", str(run.root), "--out-dir", str(tmp_path), "--prefix", "c", "--data", str(smoke_data)]) == 0
+    assert Image.open(tmp_path / "c_curve.png").size == (700, 420)
+    assert Image.open(tmp_path / "c_samples.png").width > 8 * 8

@@ -326,7 +326,9 @@ class Trainer:
         # A resume with nothing left to train keeps the checkpoint it resumed from.
         tag = self.resumed_tag if self.resumed and step == self.resumed.step else self.save()
         tag = tag.removesuffix(ckpt.UNIVERSAL)
-        summary = {"val_bits_per_dim": val_bpd, "steps": step, "checkpoint": str(self.run.checkpoints / tag),
+        dims = cfg.model.channels * cfg.model.image_size ** 2
+        summary = {"val_bits_per_dim": val_bpd, "val_nats_per_image": nats_per_image(val_bpd, dims),
+                   "steps": step, "checkpoint": str(self.run.checkpoints / tag),
                    "run_dir": str(self.run.root), "mlflow_run_id": self.tracker.run_id,
                    "world_size": env.world_size, "nonfinite_steps": self.state.nonfinite_total, **baselines}
         if env.is_main:
