@@ -15,9 +15,10 @@ from PIL import Image
 from preprocessing import PreprocessError
 from preprocessing.cli import main as cli_main
 from preprocessing.fsutil import sha256_file
-from preprocessing.photo_sources import DEB, DEB_PACKAGES, PHOTOS, WALLPAPER_PHOTOS, Photo, apt_command, locate
-from preprocessing.photos import (DEFAULT_HELDOUT, DEFAULT_VAL, HELDOUT_SPLIT, check_split, crop_boxes, make_photo_crops,
-                                  scenes)
+from preprocessing.photo_sources import (DEB, DEB_PACKAGES, PHOTOS, WALLPAPER_PHOTOS, Photo, apt_command,
+                                         locate)
+from preprocessing.photos import (DEFAULT_HELDOUT, DEFAULT_VAL, HELDOUT_SPLIT, check_split, crop_boxes,
+                                  make_photo_crops, scenes)
 
 REPO = Path(__file__).resolve().parents[2]
 LOW = dict(train_density=0.05, val_density=0.05)  # one or two crops per scale: seconds, same code
