@@ -10,11 +10,16 @@ install: datasets
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 
-# Fashion-MNIST (data.prepare: fashion_mnist) from Debian's package: /usr/share/datasets/fashion-mnist/*.gz.
-# Not optional: the test that reads it fails when it is missing.
+# Debian's wallpaper packages that hold photos32's photographs (preprocessing/photo_sources.py: DEB_PACKAGES).
+WALLPAPERS := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds plasma-workspace-wallpapers
+
+# Fashion-MNIST (data.prepare: fashion_mnist) from Debian's package: /usr/share/datasets/fashion-mnist/*.gz,
+# and the wallpaper photos (data.prepare: photos). Not optional: the tests that read them fail when missing.
 datasets:
 	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || (apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist)
+	@dpkg-query -W -f='$${Status}\n' $(WALLPAPERS) 2>/dev/null | grep -c ' installed$$' | grep -qx $(words $(WALLPAPERS)) || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(WALLPAPERS))
 
 smoke: install
 	$(PYTHON) slurm/submit.py --exp smoke --follow

@@ -5,7 +5,7 @@ Python API::
     from preprocessing import build, finalize, verify, info, make_synthetic, make_photo_crops
     manifests = build("data/train", "train", [32, 64], "shards", workers=8)
     prepare_synthetic("data/smoke", 8, train_images=256, val_images=64, classes=4)   # local datasets
-    prepare_photos("data/photos32", 32, val_scenes=["chelsea", "coffee"])
+    prepare_photos("data/photos32", 32, val_scenes=["chelsea", "coffee"])   # + split heldout: lomiri-wallpapers
     prepare_fashion_mnist("data/fashion_mnist", 28)       # after `apt-get install dataset-fashion-mnist`
 
 CLI: ``python -m preprocessing {build,finalize,verify,info,synthetic,photos}`` (console script

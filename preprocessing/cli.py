@@ -16,7 +16,8 @@ from .errors import PreprocessError
 from .imaging import BINARIZE_METHODS, MAX_SIZE, MIN_SIZE, RESIZE_METHODS
 from .labels import LABEL_ORDERS
 from .manifest import info, verify
-from .photos import DEFAULT_VAL, make_photo_crops, scenes
+from .photo_sources import sources
+from .photos import DEFAULT_HELDOUT, DEFAULT_VAL, make_photo_crops, scenes
 from .synthetic import make_synthetic
 
 
@@ -74,16 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
 
-    ph = sub.add_parser("photos", help="cut the photos shipped in installed wheels into size x size crops",
-                        description="Write OUT/<split>/<scene>/*.png crops of the RGB sample photos that "
-                                    "scikit-image and matplotlib ship, split by scene, and OUT/photos.json "
-                                    "(the photo list with sha256s); then `build` each OUT/<split>.")
+    ph = sub.add_parser("photos", help="cut the packaged photos (wheels, Debian wallpapers) into size x size crops",
+                        description="Write OUT/<split>/<scene>/*.png crops of the RGB photos that scikit-image, "
+                                    "matplotlib, scikit-learn and Debian's wallpaper packages ship, split by "
+                                    "scene (val) and by source (heldout), and OUT/photos.json (the photo list "
+                                    "with sha256s); then `build` each OUT/<split>.")
     ph.add_argument("--out", required=True)
     ph.add_argument("--size", type=int, default=32, help="crop size (default 32)")
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--val", nargs="+", default=list(DEFAULT_VAL), choices=scenes(), metavar="SCENE",
                     help=f"scenes held out for validation (default: {' '.join(DEFAULT_VAL)}; "
                          f"choose from {', '.join(scenes())})")
+    ph.add_argument("--heldout-source", nargs="*", default=list(DEFAULT_HELDOUT), choices=sources(), metavar="SOURCE",
+                    help=f"sources held out of training as the split 'heldout' (default: {' '.join(DEFAULT_HELDOUT)}; "
+                         f"none: no such split; choose from {', '.join(sources())})")
     ph.add_argument("--train-density", type=float, default=4.0, help="crops per size^2 of resized photo")
     ph.add_argument("--val-density", type=float, default=1.0)
     return p
@@ -128,9 +133,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for r in rows:
                     _print_info(r)
         elif args.command == "photos":
-            rec = make_photo_crops(args.out, args.size, args.seed, args.val, args.train_density, args.val_density)
+            rec = make_photo_crops(args.out, args.size, args.seed, args.val, args.train_density, args.val_density,
+                                   heldout_sources=args.heldout_source)
             print(f"wrote {rec['counts']} crops of {len(rec['photos'])} photos to {args.out} "
-                  f"(val scenes: {', '.join(rec['params']['val_scenes'])}; record {args.out}/photos.json)")
+                  f"(val scenes: {', '.join(rec['params']['val_scenes'])}; held-out sources: "
+                  f"{', '.join(rec['params']['heldout_sources']) or 'none'}; record {args.out}/photos.json)")
         elif args.command == "synthetic":
             res = make_synthetic(args.out, args.num_images, args.classes, args.seed)
             print(f"wrote {res['num_images']} images in {len(res['classes'])} classes to {res['out']}")

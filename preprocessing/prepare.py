@@ -1,9 +1,10 @@
 """Ready-made small datasets for local runs and tests, built with the real build code (`data.prepare`).
 
     prepare_synthetic(root, 8, train_images=256, val_images=64, classes=4)
-    prepare_photos(root, 32, val_scenes=["chelsea", "coffee"])   # crops of the photos shipped in wheels
+    prepare_photos(root, 32, val_scenes=["chelsea", "coffee"])   # crops of packaged photos (wheels, apt)
     prepare_fashion_mnist(root, 28, binarize="threshold")        # Debian's dataset-fashion-mnist (apt)
-    -> <root>/<size>/train-*.tar + train.json, <root>/<size>/val-*.tar + val.json (nothing is done when both exist)
+    -> <root>/<size>/train-*.tar + train.json, <root>/<size>/val-*.tar + val.json (photos: and heldout-*.tar +
+    heldout.json, a source never trained on); nothing is done when every split exists
 
 The launcher calls these before it submits a job whose config asks for them (`data.prepare: synthetic`),
 so the job reads ordinary shards like any other.
@@ -18,7 +19,7 @@ from shardformat import manifest_path
 
 from .builder import build
 from .errors import PreprocessError
-from .photos import make_photo_crops
+from .photos import DEFAULT_HELDOUT, HELDOUT_SPLIT, make_photo_crops
 from .synthetic import make_synthetic
 
 
@@ -54,17 +55,27 @@ def prepare_synthetic(root, size: int, train_images: int, val_images: int, class
 
 
 def prepare_photos(root, size: int, val_scenes: Sequence[str], shard_size: int = 256, seed: int = 0,
-                   train_split: str = "train", val_split: str = "val") -> bool:
-    """Crops of the photos shipped in installed wheels (`photos.make_photo_crops`: `<root>/_photos/<split>/
-    <scene>/*.png` and the record `<root>/_photos/photos.json`, split by scene), each split built into
-    shards like any ImageFolder. Returns False when the shards were already there."""
+                   train_split: str = "train", val_split: str = "val",
+                   heldout_sources: Sequence[str] = DEFAULT_HELDOUT, heldout_split: str = HELDOUT_SPLIT) -> bool:
+    """Crops of the packaged photos (`photos.make_photo_crops`: `<root>/_photos/<split>/<scene>/*.png` and
+    the record `<root>/_photos/photos.json`; split by scene, and a whole held-out source in `heldout_split`),
+    each split built into shards like any ImageFolder. Returns False when the shards were already there."""
     root = Path(root)
-    if _ready(root, size, (train_split, val_split)):
+    splits = [train_split, val_split] + ([heldout_split] if heldout_sources else [])
+    if _ready(root, size, splits):
         return False
     tree = root / "_photos"
-    record = make_photo_crops(tree, size=size, seed=seed, val_scenes=list(val_scenes), train_split=train_split,
-                              val_split=val_split)
-    for split in (train_split, val_split):
+    try:
+        record = make_photo_crops(tree, size=size, seed=seed, val_scenes=list(val_scenes), train_split=train_split,
+                                  val_split=val_split, heldout_sources=list(heldout_sources),
+                                  heldout_split=heldout_split)
+    except PreprocessError as e:
+        if "other parameters" not in str(e):
+            raise
+        # The crops and the shards built from them go together: an older corpus is rebuilt as a whole.
+        raise PreprocessError(f"{root} holds photo data made with other parameters or another photo list (an "
+                              f"older corpus): remove {root} to rebuild it") from e
+    for split in splits:
         build(tree / split, split, [size], root, shard_size=shard_size, seed=seed, progress=False)
         print(f"prepared {record['counts'][split]} photo crops ({split}) as shards in {root / str(size)}")
     print(f"  photos and split: {tree / 'photos.json'}")

@@ -67,3 +67,12 @@ def test_ranks_shares_of_the_encoding_add_up_to_the_whole():
     assert [s[2] for s in shares] == [3, 2]
     assert {c: shares[0][0][c] + shares[1][0][c] for c in names} == whole[0]
     assert shares[0][1] + shares[1][1] == whole[1] == 5 * 28 * 28
+
+
+def test_end_of_run_baselines_measure_a_heldout_split_only_where_the_shards_have_one(smoke_data):
+    """codec_baselines (training's tracking.codec_baselines): the validation split alone when the shard root holds
+    no `heldout` split (photos32's held-out source: tests/preprocessing/test_photos.py has one)."""
+    from pipeline.tracking.baselines import codec_baselines, split_codec_bits_per_dim
+    r = codec_baselines(smoke_data, 8, "val", True, 1)
+    direct = split_codec_bits_per_dim(smoke_data, 8, "val")
+    assert r == {f"{c}_bits_per_dim": direct[c] for c in direct if c != "images"}

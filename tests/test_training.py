@@ -157,11 +157,14 @@ def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_d
     subprocess.run([sys.executable, "-m", "pipeline.tools.export", str(base / "c" / "checkpoints"), str(out)],
                    cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
     res = subprocess.run([sys.executable, "-m", "pipeline.tools.evaluate", "--checkpoint", str(out), "--data",
-                          str(smoke_data), "--batch-size", "8"],
+                          str(smoke_data), "--batch-size", "8", "--baselines"],
                          cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
     evaluated = json.loads(res.stdout.strip().splitlines()[-1])["val"]
     final = json.loads((base / "c" / "final_metrics.json").read_text())
     assert evaluated["samples"] == 64
+    # --baselines: the codecs on the same images, as the run's end-of-run baselines measured them
+    for codec in ("png", "webp", "jpegxl"):
+        assert evaluated[f"{codec}_bits_per_dim"] == final[f"{codec}_bits_per_dim"]
     assert evaluated["bits_per_dim"] == pytest.approx(final["val_bits_per_dim"], abs=1e-5)
     blob = torch.load(out, weights_only=True)  # plain tensors and containers only
     assert blob["config"]["name"] == "row_lstm"
