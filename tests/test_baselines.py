@@ -69,10 +69,11 @@ def test_ranks_shares_of_the_encoding_add_up_to_the_whole():
     assert shares[0][1] + shares[1][1] == whole[1] == 5 * 28 * 28
 
 
-def test_end_of_run_baselines_measure_a_heldout_split_only_where_the_shards_have_one(smoke_data):
-    """codec_baselines (training's tracking.codec_baselines): the validation split alone when the shard root holds
-    no `heldout` split (photos32's held-out source: tests/preprocessing/test_photos.py has one)."""
+def test_end_of_run_baselines_of_a_split_equal_measuring_it_directly_under_their_prefix(smoke_data):
+    """codec_baselines (training's tracking.codec_baselines, for val_split and each data.test_splits entry):
+    the whole split's PNG / WebP / JPEG XL bits/dim, the keys after the prefix the trainer gives."""
     from pipeline.tracking.baselines import codec_baselines, split_codec_bits_per_dim
-    r = codec_baselines(smoke_data, 8, "val", True, 1)
-    direct = split_codec_bits_per_dim(smoke_data, 8, "val")
-    assert r == {f"{c}_bits_per_dim": direct[c] for c in direct if c != "images"}
+    for split, prefix in (("val", ""), ("train", "train_")):
+        r = codec_baselines(smoke_data, 8, split, True, 1, prefix=prefix)
+        direct = split_codec_bits_per_dim(smoke_data, 8, split)
+        assert r == {f"{prefix}{c}_bits_per_dim": direct[c] for c in direct if c != "images"}

@@ -23,7 +23,7 @@ Z2 = ["train.max_steps=30", "train.eval_every=15", "checkpoint.every=10", "train
       "train.sample_every_eval=4", "train.precision=bf16", "train.zero_stage=2", "optim.name=rmsprop"]
 Z3 = ["train.max_steps=20", "train.eval_every=100", "checkpoint.every=5", "train.log_every=5",
       "train.sample_every_eval=4", "train.precision=fp32", "train.zero_stage=3", "optim.name=adam",
-      "train.zero3_persistence_threshold=0", "tracking.codec_baselines=true"]
+      "train.zero3_persistence_threshold=0", "tracking.codec_baselines=true", "data.test_splits=[train]"]
 
 
 def _ok(proc):
@@ -115,6 +115,11 @@ def test_codec_baselines_are_logged_to_the_same_run(zero3, smoke_data):
     assert direct["images"] == 64 and 0 < direct["webp"] < 16 and 0 < direct["png"] < 16
     assert final["png_bits_per_dim"] == direct["png"] and final["webp_bits_per_dim"] == direct["webp"]
     assert final["jpegxl_bits_per_dim"] == direct["jpegxl"] and 0 < direct["jpegxl"] < 16
+    # data.test_splits=[train]: that whole split too, codecs and model, under its prefix
+    train = split_codec_bits_per_dim(smoke_data, 8, "train")
+    assert {c: final[f"train_{c}_bits_per_dim"] for c in ("png", "webp", "jpegxl")} == {
+        c: train[c] for c in ("png", "webp", "jpegxl")}
+    assert 0 < final["train_bits_per_dim"] < 8 and final["train_nats_per_image"] > 0
     client, (run,) = _runs(base / "c.db")
     assert run.data.metrics["png_bits_per_dim"] == direct["png"]
     assert run.data.metrics["webp_bits_per_dim"] == direct["webp"]
@@ -161,6 +166,12 @@ def test_export_and_evaluate_cli_reproduce_the_final_bits_per_dim(zero3, smoke_d
                          cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
     evaluated = json.loads(res.stdout.strip().splitlines()[-1])["val"]
     final = json.loads((base / "c" / "final_metrics.json").read_text())
+    # the run's data.test_splits=[train] figure is the same model on the whole train split
+    res = subprocess.run([sys.executable, "-m", "pipeline.tools.evaluate", "--checkpoint", str(out), "--data",
+                          str(smoke_data), "--batch-size", "8", "--split", "train"],
+                         cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
+    on_train = json.loads(res.stdout.strip().splitlines()[-1])["train"]
+    assert on_train["bits_per_dim"] == pytest.approx(final["train_bits_per_dim"], abs=1e-5)
     assert evaluated["samples"] == 64
     # --baselines: the codecs on the same images, as the run's end-of-run baselines measured them
     for codec in ("png", "webp", "jpegxl"):

@@ -18,6 +18,10 @@ class DataConfig:
     root: str = "data/shards"       # preprocessing output: <root>/<size>/<split>-000000.tar + <split>.json
     train_split: str = "train"
     val_split: str = "val"
+    # Splits evaluated once, at the end of the run, beside val_split: the model's bits/dim (and, with
+    # tracking.codec_baselines, the codecs') logged as <split>_bits_per_dim, ... (photos32: heldout, a source
+    # never trained on). Each must exist before training starts.
+    test_splits: List[str] = field(default_factory=list)
     variant: str = "chrabaszcz-box"  # which downsampling made the data; bits/dim only compare within one variant
     num_workers: int = 2            # loader processes per rank
     shuffle_buffer: int = 1000

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from PIL import Image, features
 
 from pipeline.data.shards import load_shard_set, split_batches
-from shardformat import manifest_path, png_step
+from shardformat import png_step
 
 
 def _pil(image: np.ndarray) -> Image.Image:
@@ -55,10 +55,6 @@ def webp_available() -> bool:
     """Whether this Pillow can write WebP."""
     return bool(features.check("webp"))
 
-
-# A split of this name holds a source never trained on (preprocessing.photos writes it, data.prepare: photos):
-# training's end-of-run baselines measure it beside the validation split wherever the shard root has it.
-HELDOUT_SPLIT = "heldout"
 
 CODECS: Dict[str, Callable[..., int]] = {"png": png_bytes, "webp": webp_bytes, "jpegxl": jpegxl_bytes}
 
@@ -110,28 +106,15 @@ def split_codec_bits_per_dim(root, size: int, split: str, batch_size: int = 64) 
     return codec_bits_per_dim(split_batches(root, size, split, batch_size), levels=levels)
 
 
-def codec_baselines(root, size: int, split: str, is_main: bool, world_size: int) -> Dict[str, float]:
+def codec_baselines(root, size: int, split: str, is_main: bool, world_size: int, prefix: str = "") -> Dict[str, float]:
     """Training's end-of-run baselines (tracking.codec_baselines): `png_bits_per_dim`, `webp_bits_per_dim`
-    and `jpegxl_bits_per_dim` of the validation split, the same on every rank (the run's summary is); where
-    the shard root also holds the split `HELDOUT_SPLIT` (a source never trained on), the same three of it
-    as `heldout_png_bits_per_dim`, ... (and `heldout_images`).
+    and `jpegxl_bits_per_dim` of one whole split (keys after `prefix`: the trainer's data.test_splits get
+    `<split>_`), the same on every rank (the run's summary is).
 
     Each rank encodes every world_size-th image and the integer bit counts are summed (all_reduce, float64:
     exact below 2**53 bits), so the figures equal `split_codec_bits_per_dim`'s while JPEG XL's effort 9 (about
     8 ms an image) is shared: 10,000 images stay well inside train.collective_timeout_s. `is_main` is unused
     (every rank takes part); it stays for the trainer's call."""
-    r = _split_baselines(root, size, split, world_size)
-    out = {f"{c}_bits_per_dim": v for c, v in r.items() if c != "images"}
-    # Every rank sees the same shard root, so every rank takes this branch or none (the all_reduce matches).
-    if split != HELDOUT_SPLIT and manifest_path(root, size, HELDOUT_SPLIT).exists():
-        h = _split_baselines(root, size, HELDOUT_SPLIT, world_size)
-        out.update({f"{HELDOUT_SPLIT}_{c}_bits_per_dim": v for c, v in h.items() if c != "images"})
-        out[f"{HELDOUT_SPLIT}_images"] = h["images"]
-    return out
-
-
-def _split_baselines(root, size: int, split: str, world_size: int) -> Dict[str, float]:
-    """`_per_dim` of one whole split, its images shared across the ranks."""
     names = _names(None)
     levels = load_shard_set(root, size, split).levels
     rank = dist.get_rank() if world_size > 1 else 0
@@ -141,4 +124,5 @@ def _split_baselines(root, size: int, split: str, world_size: int) -> Dict[str, 
         dist.all_reduce(total)
         bits = {c: int(v) for c, v in zip(names, total[:len(names)].tolist())}
         dims, images = int(total[-2]), int(total[-1])
-    return _per_dim(names, bits, dims, images)
+    r = _per_dim(names, bits, dims, images)
+    return {f"{prefix}{c}_bits_per_dim": r[c] for c in names}

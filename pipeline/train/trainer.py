@@ -165,6 +165,8 @@ class Trainer:
         size = cfg.model.image_size
         self.train_set = load_shard_set(cfg.data.root, size, cfg.data.train_split)
         self.val_set = load_shard_set(cfg.data.root, size, cfg.data.val_split)
+        # data.test_splits are read at the end only, but a missing one fails here, before any training
+        self.test_sets = {split: load_shard_set(cfg.data.root, size, split) for split in cfg.data.test_splits}
         check_data_matches_model(cfg.model, self.train_set.manifest, cfg.data.root)
         self.stream = TrainStream(self.train_set, cfg.train.micro_batch_size, cfg.train.seed, env.rank,
                                   env.world_size, cfg.data.num_workers, cfg.data.shuffle_buffer,
@@ -304,6 +306,27 @@ class Trainer:
                  nats, r["samples"])
         return r["bits_per_dim"]
 
+    def test_splits(self) -> Dict[str, float]:
+        """data.test_splits at the end of the run: the model's bits/dim and nats per image of each whole split
+        (and its codecs', with tracking.codec_baselines), as `<split>_bits_per_dim`, ...; logged and returned."""
+        cfg, env = self.cfg, self.env
+        dims = cfg.model.channels * cfg.model.image_size ** 2
+        out: Dict[str, float] = {}
+        self.engine.eval()
+        for split, shards in self.test_sets.items():
+            r = evaluate_bits_per_dim(lambda x: self.engine(x), shards, env.rank, env.world_size,
+                                      cfg.train.micro_batch_size, self.device, 0)
+            got = {f"{split}_bits_per_dim": r["bits_per_dim"],
+                   f"{split}_nats_per_image": nats_per_image(r["bits_per_dim"], dims)}
+            if cfg.tracking.codec_baselines:
+                got.update(codec_baselines(cfg.data.root, cfg.model.image_size, split, env.is_main, env.world_size,
+                                           prefix=f"{split}_"))
+            log.info("%s split (%d images): %s", split, r["samples"], ", ".join(f"{k} {v:.4f}" for k, v in got.items()))
+            self.tracker.metrics(got, self.state.step)
+            out.update(got)
+        self.engine.train()
+        return out
+
     def save(self) -> str:
         """A checkpoint of this step, written by every rank together. Returns its tag."""
         cfg, env = self.cfg, self.env
@@ -314,15 +337,16 @@ class Trainer:
                          cfg.checkpoint.keep_last, env.rank)
 
     def finish(self) -> Dict[str, Any]:
-        """The final evaluation, the codec baselines, the last checkpoint and the summary."""
+        """The final evaluation, the codec baselines, data.test_splits, the last checkpoint and the summary."""
         cfg, env, step = self.cfg, self.env, self.state.step
         val_bpd = self.evaluate()
-        baselines: Dict[str, float] = {}
-        if cfg.tracking.codec_baselines:  # PNG / WebP file sizes of the same validation images
-            baselines = codec_baselines(cfg.data.root, cfg.model.image_size, cfg.data.val_split, env.is_main,
-                                        env.world_size)
-            self.tracker.metrics(baselines, step)
-            log.info("validation split as files: %s", ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()))
+        extra: Dict[str, float] = {}  # codecs of val, then the test splits
+        if cfg.tracking.codec_baselines:  # PNG / WebP / JPEG XL file sizes of the same validation images
+            extra = codec_baselines(cfg.data.root, cfg.model.image_size, cfg.data.val_split, env.is_main,
+                                    env.world_size)
+            self.tracker.metrics(extra, step)
+            log.info("validation split as files: %s", ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+        extra.update(self.test_splits())
         # A resume with nothing left to train keeps the checkpoint it resumed from.
         tag = self.resumed_tag if self.resumed and step == self.resumed.step else self.save()
         tag = tag.removesuffix(ckpt.UNIVERSAL)
@@ -330,7 +354,7 @@ class Trainer:
         summary = {"val_bits_per_dim": val_bpd, "val_nats_per_image": nats_per_image(val_bpd, dims),
                    "steps": step, "checkpoint": str(self.run.checkpoints / tag),
                    "run_dir": str(self.run.root), "mlflow_run_id": self.tracker.run_id,
-                   "world_size": env.world_size, "nonfinite_steps": self.state.nonfinite_total, **baselines}
+                   "world_size": env.world_size, "nonfinite_steps": self.state.nonfinite_total, **extra}
         if env.is_main:
             atomic_write_text(self.run.final_metrics, json.dumps(summary, indent=2))
         self.tracker.finish(summary)
