@@ -111,3 +111,20 @@ def test_format_2_files_keep_their_own_probe():
     model = noisy_model("pixelcnn")
     assert probe_extent(model, 2) == (8, 8)
     assert probe_sha256(model, 2) != probe_sha256(model, 3)
+
+
+def test_the_right_to_left_pass_reaches_the_probe():
+    """The Diagonal BiLSTM stacks both directions in one tensor, so the test above cannot tell them apart:
+    each right-to-left part (its initial states, state-to-state and input-to-state rows) scaled alone
+    changes the probe (it reaches row 1 through `end_row`; a 1x1 probe extent would miss them)."""
+    model = noisy_model("diagonal_bilstm")
+    base = probe_sha256(model)
+    for k, layer in enumerate(model.layers):
+        h = layer.hidden
+        for part in (layer.h0[1], layer.c0[1], layer.state_to_state[1], layer.input_to_state.weight[4 * h:]):
+            with torch.no_grad():
+                kept = part.clone()
+                part.mul_(1 + 2 ** -10)
+                changed = probe_sha256(model) != base
+                part.copy_(kept)
+            assert changed, f"layer {k}: a right-to-left tensor of shape {tuple(part.shape)} went unseen"
