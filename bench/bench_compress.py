@@ -5,8 +5,9 @@ Batched: all N images in one chunk, one network step per sub-pixel for the whole
 Both round-trip exactly (checked) through the real .prc format; the contenders are interleaved
 round by round and each keeps its best round. Images: validation crops of the packaged photos
 (preprocessing/photos.py, cached); model: photos32's architecture, randomly initialised unless
---checkpoint is given (the speed does not depend on the weights, the bits/dim do). Prints the ratio
-of decode rates last.
+--checkpoint is given (the speed does not depend on the weights, the bits/dim do). Then the time of
+decode's early check (the probe, pipeline/compression/probe.py) for the configs' largest model, at 1
+and 2 threads. Prints the ratio of decode rates last.
 
     python bench/bench_compress.py                                   # 64 images 32x32, 4x32 model
     python bench/bench_compress.py --checkpoint runs/photos32/checkpoints
@@ -15,12 +16,15 @@ of decode rates last.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
 from common import CACHE, REPO, best, header, interleave, result_line  # noqa: F401  (REPO: sys.path)
 from pipeline.compression.codec import decode_file, encode_images, load_model
-from pipeline.models import build_model
+from pipeline.compression.probe import probe_sha256
+from pipeline.config import ConfigError, load_config
+from pipeline.models import build_model, count_parameters
 from pipeline.compression.rangecoding import bits_per_dim
 
 
@@ -34,6 +38,34 @@ def photo_crops(size: int, n: int) -> torch.Tensor:
     files = sorted((root / "val").glob("*/*.png"))
     pick = files[:: max(1, len(files) // n)][:n]
     return torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in pick])).permute(0, 3, 1, 2).contiguous()
+
+
+def probe_figure(repeats: int = 3) -> None:
+    """The decode's early check (`probe_sha256`) for the configs' largest model (most parameters, seed 0),
+    best of `repeats` at 1 and 2 threads: wall and CPU seconds (the CPU figure is the one that holds on a
+    loaded machine). The decode runs it once, before any chunk."""
+    models = {}
+    for path in sorted((REPO / "configs" / "experiments").glob("*.yaml")):
+        exp = path.stem
+        try:
+            models[exp] = load_config(exp).model
+        except ConfigError:  # a preprocessing experiment: no model
+            continue
+    with torch.device("meta"):  # parameter counts only: no memory, no initialisation
+        sizes = {exp: count_parameters(build_model(cfg)) for exp, cfg in models.items()}
+    exp = max(sizes, key=sizes.get)
+    torch.manual_seed(0)
+    model = build_model(models[exp]).eval()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        wall, cpu = [], []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            probe_sha256(model)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        print(f"probe of {exp} ({sizes[exp] / 1e6:.1f}M parameters), {threads} thread(s): "
+              f"{min(wall):.3f} s wall, {min(cpu):.3f} s CPU (best of {repeats})")
 
 
 def main() -> None:
@@ -86,6 +118,7 @@ def main() -> None:
         bpd, enc = sizes[key]
         print(f"{key:8s} decode {best(rates[key]):7.2f} images/s, encode {enc:7.2f} images/s, "
               f"file {bpd:.4f} bits/dim (header and stream end shared by {n if key == 'batched' else 1})")
+    probe_figure()
     print(result_line("batched vs per-image decode, images/s", best(rates["batched"]) / best(rates["naive"]),
                       10, unit="x"))
 

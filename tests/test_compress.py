@@ -267,6 +267,24 @@ def test_a_format_1_file_without_the_probe_still_decodes(tmp_path):
         decode_file(prc.pack(header, payloads), ckpt, progress=False)  # version 2 requires them
 
 
+def test_a_format_2_file_is_checked_with_its_own_probe(tmp_path):
+    """Format 2's probe (96 sub-pixels of two full-size images) differs from format 3's (a few network
+    steps on a tiny extent): a format-2 file is checked with its own, so it still decodes, and still
+    refuses a checksum that is not its format's."""
+    ckpt = export(tmp_path / "model.pt")
+    x = images(3)
+    data, _ = encode(ckpt, x)
+    model, _ = load_model(ckpt)
+
+    def as_format_2(probe: str) -> bytes:
+        old = _repack(data, lambda h: h["compute"].update(probe_sha256=probe))
+        return old[:4] + bytes([2]) + old[5:]
+    y, _, _ = decode_file(as_format_2(probe_sha256(model, 2)), ckpt, progress=False)
+    assert torch.equal(x, y)
+    with pytest.raises(prc.PrcError, match="the model's probabilities differ from the encoder's"):
+        decode_file(as_format_2(probe_sha256(model, 3)), ckpt, progress=False)
+
+
 def test_corrupted_and_truncated_files_fail_clearly(tmp_path, capsys):
     ckpt = export(tmp_path / "model.pt")
     data, _ = encode(ckpt, images(4))

@@ -15,7 +15,6 @@ Exit status: 0 done, 2 refused (bad input, a corrupted or mismatched file; the m
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import sys
@@ -28,7 +27,8 @@ import torch
 from PIL import Image
 
 from pipeline.compression import prc
-from pipeline.compression.rangecoding import coder_info, decode_batch, encode_batch, probabilities
+from pipeline.compression.probe import check_probe, compute_info, probe_sha256
+from pipeline.compression.rangecoding import coder_info, decode_batch, encode_batch
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.progress import progress
 from pipeline.train.checkpoint import CheckpointError
@@ -53,68 +53,6 @@ def load_model(checkpoint: str, dtype: str = "float32") -> Tuple[torch.nn.Module
         raise CompressError(f"cannot load a model from {checkpoint}: {type(e).__name__}: {e}") from None
     sha = prc.weights_sha256(model)  # of the float32 weights, whatever dtype the coder computes in
     return model.to(DTYPES[dtype]), sha
-
-
-def compute_info(dtype: str, threads: int) -> Dict[str, object]:
-    """How the probabilities are computed: what both sides must share."""
-    blas = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
-    return {"dtype": dtype, "threads": threads, "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "blas": blas.group(1) if blas else "unknown"}
-
-
-# The probe: the model's probabilities on fixed images (2 of them, seeded noise), for the first
-# PROBE_SUBPIXELS sub-pixels of its walk (one row of a 32x32 image), computed exactly as the coder
-# computes them. Its checksum in the header lets decode refuse a machine whose kernels round otherwise
-# in a fraction of a second, before a chunk is decoded (the pixel checksum stays the last guard).
-PROBE_IMAGES, PROBE_SUBPIXELS, PROBE_SEED = 2, 96, 20160125
-
-
-class _ProbeDone(Exception):
-    """Ends the probe's walk after PROBE_SUBPIXELS sub-pixels."""
-
-
-@torch.no_grad()
-def probe_sha256(model: torch.nn.Module) -> str:
-    """`prc.digest` of the float64 probabilities the coder would get on the probe input, in walk order."""
-    g = torch.Generator().manual_seed(PROBE_SEED)
-    size = model.image_size
-    x = torch.randint(0, model.levels, (PROBE_IMAGES, model.channels, size, size), generator=g, dtype=torch.uint8)
-    targets, h, seen = model.walk_targets(x), hashlib.sha256(), [0]
-
-    def choose(stage: int, c: int, i: int, j: int, logits: torch.Tensor) -> torch.Tensor:
-        h.update(probabilities(logits).tobytes())
-        seen[0] += 1
-        if seen[0] == PROBE_SUBPIXELS:
-            raise _ProbeDone
-        return targets[stage][:, c, i, j].long()
-
-    try:
-        model.walk(torch.zeros_like(x), 0, choose)
-    except _ProbeDone:
-        pass
-    return h.hexdigest()[:32]
-
-
-def check_probe(header: Dict, model: torch.nn.Module, name: str) -> None:
-    """Refuse, before decoding, a machine where the model's probabilities differ from the encoder's,
-    naming what the header recorded that differs here (torch, CPU kernels, BLAS; dtype and threads are
-    the file's own)."""
-    recorded = header["compute"]
-    here = probe_sha256(model)
-    if here == recorded["probe_sha256"]:
-        return
-    now = compute_info(recorded["dtype"], recorded["threads"])
-    names = {"torch": "torch", "cpu_capability": "CPU kernels", "blas": "BLAS", "dtype": "dtype",
-             "threads": "threads"}
-    diffs = [f"{label} {recorded.get(k)} there, {now[k]} here" for k, label in names.items() if recorded.get(k) != now[k]]
-    why = ("differs here: " + "; ".join(diffs)) if diffs else (
-        "nothing recorded differs (same torch, CPU kernels, BLAS, dtype and threads): this machine's kernels "
-        "round differently")
-    raise prc.PrcError(f"{name}: the model's probabilities differ from the encoder's (probe checksum {here[:12]}, "
-                       f"recorded {recorded['probe_sha256'][:12]}): refused before decoding, which would fail "
-                       f"mid-stream or give other pixels. Encoded with torch {recorded['torch']}, CPU kernels "
-                       f"{recorded['cpu_capability']}, BLAS {recorded['blas']}, {recorded['dtype']}, "
-                       f"{recorded['threads']} thread(s); {why}. Decode on a machine like the encoder's")
 
 
 def _gray_levels(path: str, im: Image.Image, levels: int) -> np.ndarray:
@@ -221,7 +159,7 @@ def check_header(header: Dict, model_sha: str, name: str) -> None:
         raise prc.PrcError(f"{name} was encoded with weights sha256 {want[:16]}... "
                            f"({header['model']['checkpoint']}); the model given has {model_sha[:16]}...: refused")
     if "probe_sha256" in header["compute"]:
-        return  # format 2: check_probe decides, once the model computes as the file says
+        return  # formats 2 and 3: check_probe decides, once the model computes as the file says
     comp, now = header["compute"], compute_info(header["compute"]["dtype"], header["compute"]["threads"])
     for key in ("torch", "cpu_capability"):  # format 1: no probe, only the pixel checksum after decoding
         if comp[key] != now[key]:
@@ -245,8 +183,9 @@ def decode_file(data: bytes, checkpoint: Optional[str] = None, name: str = "file
     model, sha = load_model(checkpoint, comp["dtype"])
     check_header(header, sha, name)
     torch.set_num_threads(int(comp["threads"]))
-    if prc.format_version(data) >= 2:
-        check_probe(header, model, name)
+    version = prc.format_version(data)
+    if version >= 2:  # format 1 has no probe; 2 and 3 differ in the probe input (probe.py)
+        check_probe(header, model, name, version)
     out = []
     t0 = time.perf_counter()
     with _progress(header["images"]["count"], "decode", progress) as bar:

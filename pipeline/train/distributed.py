@@ -79,7 +79,7 @@ def cuda_shortfall(facts: CudaFacts, local_ranks: int) -> Optional[str]:
     if facts.device_count < 1:
         return (f"torch {facts.torch_version} (CUDA {facts.cuda_build}) sees no GPU "
                 f"(CUDA_VISIBLE_DEVICES={facts.visible_devices!r}; no driver, or none allocated)")
-    if 1 < facts.device_count < local_ranks:
+    if _gpu_of(local_ranks - 1, facts.device_count) is None:  # the highest local rank is the first left out
         return (f"{facts.device_count} GPUs are visible for {local_ranks} ranks on this node "
                 f"(CUDA_VISIBLE_DEVICES={facts.visible_devices!r}): one GPU per rank is needed")
     return None
@@ -120,16 +120,25 @@ def resolve_device(requested: str, local_ranks: int = 1, facts: Optional[CudaFac
     return device
 
 
+def _gpu_of(local_rank: int, visible: int) -> Optional[int]:
+    """The one rule of GPU layouts (`cuda_index` and `cuda_shortfall` both ask it): a task that sees
+    `visible` >= 1 GPUs uses its local rank where every task sees all of its node's GPUs, 0 where the
+    cluster binds one GPU to each task (--gpus-per-task, --gpu-bind); None where it sees more than one but
+    not its own (fewer GPUs than local ranks: NCCL's "Duplicate GPU" at the first collective)."""
+    if local_rank < visible:
+        return local_rank
+    return 0 if visible == 1 else None
+
+
 def cuda_index(local_rank: int, visible: int) -> int:
     """This task's GPU among the ones it sees: its local rank where every task sees all of its node's
     GPUs, 0 where the cluster binds one GPU to each task (--gpus-per-task, --gpu-bind)."""
     if visible < 1:
         raise RuntimeError("train.device is cuda but this task sees no GPU (check CUDA_VISIBLE_DEVICES and the "
                            "job's --gpus-per-node)")
-    if local_rank < visible:
-        return local_rank
-    if visible == 1:
-        return 0
+    index = _gpu_of(local_rank, visible)
+    if index is not None:
+        return index
     raise RuntimeError(f"local rank {local_rank} but this task sees {visible} GPUs: expected all of the node's "
                        "GPUs or exactly one per task")
 
