@@ -163,6 +163,7 @@ class Trainer:
         init_distributed(env, self.device, cfg.train.collective_timeout_s)
         self.stop = self.stop or StopFlag().install()
         size = cfg.model.image_size
+        self.dims = cfg.model.channels * size ** 2  # sub-pixels per image: bits/dim <-> nats per image
         self.train_set = load_shard_set(cfg.data.root, size, cfg.data.train_split)
         self.val_set = load_shard_set(cfg.data.root, size, cfg.data.val_split)
         # data.test_splits are read at the end only, but a missing one fails here, before any training
@@ -299,8 +300,7 @@ class Trainer:
             self._sample_grid()
         self.engine.train()
         # Always both units: bits/dim (CIFAR, ImageNet) and nats per image (binarized MNIST, Table 4).
-        m = cfg.model
-        nats = nats_per_image(r["bits_per_dim"], m.channels * m.image_size ** 2)
+        nats = nats_per_image(r["bits_per_dim"], self.dims)
         self.tracker.metrics({"val_bits_per_dim": r["bits_per_dim"], "val_nats_per_image": nats}, self.state.step)
         log.info("step %d: val %.4f bits/dim (%.2f nats/image) over %d images", self.state.step, r["bits_per_dim"],
                  nats, r["samples"])
@@ -310,14 +310,13 @@ class Trainer:
         """data.test_splits at the end of the run: the model's bits/dim and nats per image of each whole split
         (and its codecs', with tracking.codec_baselines), as `<split>_bits_per_dim`, ...; logged and returned."""
         cfg, env = self.cfg, self.env
-        dims = cfg.model.channels * cfg.model.image_size ** 2
         out: Dict[str, float] = {}
         self.engine.eval()
         for split, shards in self.test_sets.items():
             r = evaluate_bits_per_dim(lambda x: self.engine(x), shards, env.rank, env.world_size,
                                       cfg.train.micro_batch_size, self.device, 0)
             got = {f"{split}_bits_per_dim": r["bits_per_dim"],
-                   f"{split}_nats_per_image": nats_per_image(r["bits_per_dim"], dims)}
+                   f"{split}_nats_per_image": nats_per_image(r["bits_per_dim"], self.dims)}
             if cfg.tracking.codec_baselines:
                 got.update(codec_baselines(cfg.data.root, cfg.model.image_size, split, env.is_main, env.world_size,
                                            prefix=f"{split}_"))
@@ -350,8 +349,7 @@ class Trainer:
         # A resume with nothing left to train keeps the checkpoint it resumed from.
         tag = self.resumed_tag if self.resumed and step == self.resumed.step else self.save()
         tag = tag.removesuffix(ckpt.UNIVERSAL)
-        dims = cfg.model.channels * cfg.model.image_size ** 2
-        summary = {"val_bits_per_dim": val_bpd, "val_nats_per_image": nats_per_image(val_bpd, dims),
+        summary = {"val_bits_per_dim": val_bpd, "val_nats_per_image": nats_per_image(val_bpd, self.dims),
                    "steps": step, "checkpoint": str(self.run.checkpoints / tag),
                    "run_dir": str(self.run.root), "mlflow_run_id": self.tracker.run_id,
                    "world_size": env.world_size, "nonfinite_steps": self.state.nonfinite_total, **extra}
